@@ -1,0 +1,1 @@
+//! `cim-cpu`: the fast CPU backend of `cim`.

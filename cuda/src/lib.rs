@@ -1,0 +1,1 @@
+//! `cim-cuda`: the GPU backend of `cim`.

@@ -1,1 +1,58 @@
-fn main() {}
+//! `cim`: Corrupted Image Modeling on the CPU.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "cim", version, about = "Corrupted Image Modeling (Fang et al., ICLR 2023) on the CPU")]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe the machine and the backend `cim` would use.
+    Info,
+    /// Measure the backend.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Time the hot ops (GEMM, convolution, attention, norms) at model shapes.
+    Ops {
+        /// Only benchmarks whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            eprintln!("error: cannot start {n} threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match cli.command {
+        Command::Info => {
+            println!("cim {} — CPU backend, {} threads", env!("CARGO_PKG_VERSION"), rayon::current_num_threads());
+        }
+        Command::Bench { what: BenchWhat::Ops { filter } } => {
+            println!("{:<28} {:<44} {:>12} {:>10}", "op", "shape", "median ms", "GFLOP/s");
+            for r in cim_cpu::bench::bench_ops(filter.as_deref()) {
+                let g = r.gflops.map(|g| format!("{g:.1}")).unwrap_or_else(|| "-".into());
+                println!("{:<28} {:<44} {:>12.3} {:>10}", r.name, r.shape, r.median_ms, g);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

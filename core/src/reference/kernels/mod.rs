@@ -1,286 +1,110 @@
 //! Reference kernels over host slices. Each function has the semantics of the
 //! [`crate::backend::Backend`] method of the same name; arguments are trusted
 //! (validated by the caller), and slices have exactly the lengths the op implies.
-#![allow(clippy::too_many_arguments)]
+//!
+//! These loops are the oracle every other backend is tested against, so they favour
+//! clarity and exactness over speed:
+//! - every kernel computes in `f64` internally and rounds to `T` once per output
+//!   element (for `T = f64` this is plain double arithmetic; for `T = f32` it is at
+//!   least as accurate as any `f32` kernel can be);
+//! - sums that produce one output are accumulated in a single `f64` accumulator;
+//!   outputs that receive contributions from many places (pooling backward, conv
+//!   grad-input, window-statistics backward) are written in "gather" form, or through
+//!   an `f64` scratch buffer, so that each output is rounded exactly once;
+//! - parameter gradients are accumulated as `g = T::of(g.f64() + contribution)`;
+//! - transcendental functions come from `libm` directly, so `std` and `no_std`
+//!   builds give bit-identical results.
+//!
+//! Choices that the trait documentation leaves open:
+//! - NaN propagates through `Max`/`Min` (binary and reduce), ReLU and max pooling, as
+//!   in PyTorch; `argmax`, `max_pool2d` and `sample_categorical` treat NaN as greater
+//!   than every number, so the first NaN of a row/window is selected.
+//! - Empty reductions: `reduce` over an empty axis gives 0 for `Sum`, 0 for `Mean`
+//!   (not NaN) and `-inf` for `Max`; `argmax` of an empty row gives index 0;
+//!   `global_avg_pool` of an empty plane gives 0.
+//! - Batch norm with zero elements per channel leaves the running statistics
+//!   unchanged and saves mean 0 and `invstd = 1/sqrt(eps)`; layer norm with `d = 0`
+//!   saves mean 0 and `rstd = 1/sqrt(eps)`.
+//! - A max-pool window lying entirely in padding outputs `-inf` with index 0 and
+//!   routes no gradient; an avg-pool window with no in-image pixel and
+//!   `count_include_pad = false` outputs 0.
+//! - `window_stats` with `k = 0` has empty windows: mean and variance 0, gradient 0.
+//! - Random counters (`offset + i`, `offset + r·classes + c`) wrap modulo 2^64.
+// Explicit index loops mirror the formulas in the docs; keep them.
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
-use crate::backend::*;
-use crate::element::{DType, Element};
+mod activation;
+mod conv;
+mod elementwise;
+mod embedding;
+mod linalg;
+mod loss;
+mod norm;
+mod optim;
+mod pool;
+mod random;
+mod softmax;
+mod window;
 
-pub fn gemm<T: Element>(p: &Gemm, a: &[T], b: &[T], c: &mut [T]) {
-    todo!()
+#[cfg(test)]
+mod tests;
+
+pub use activation::*;
+pub use conv::*;
+pub use elementwise::*;
+pub use embedding::*;
+pub use linalg::*;
+pub use loss::*;
+pub use norm::*;
+pub use optim::*;
+pub use pool::*;
+pub use random::*;
+pub use softmax::*;
+pub use window::*;
+
+/// Logistic sigmoid, stable for large `|x|` (never evaluates `exp` of a large positive).
+fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + libm::exp(-x))
+    } else {
+        let e = libm::exp(x);
+        e / (1.0 + e)
+    }
 }
-pub fn conv2d<T: Element>(p: &Conv2d, x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T]) {
-    todo!()
+
+/// `max(a, b)` that propagates NaN (like `torch.maximum`).
+fn max_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if b > a {
+        b
+    } else {
+        a
+    }
 }
-pub fn conv2d_grad_input<T: Element>(p: &Conv2d, dy: &[T], w: &[T], dx: &mut [T]) {
-    todo!()
+
+/// `min(a, b)` that propagates NaN (like `torch.minimum`).
+fn min_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if b < a {
+        b
+    } else {
+        a
+    }
 }
-pub fn conv2d_grad_weight<T: Element>(p: &Conv2d, x: &[T], dy: &[T], dw: &mut [T]) {
-    todo!()
+
+/// Whether `v` should replace the running maximum `best` in a first-maximum scan
+/// where NaN counts as greater than every number (so the first NaN wins).
+fn beats(v: f64, best: f64) -> bool {
+    !best.is_nan() && (v.is_nan() || v > best)
 }
-pub fn conv2d_grad_bias<T: Element>(p: &Conv2d, dy: &[T], db: &mut [T]) {
-    todo!()
-}
-pub fn batch_norm_train<T: Element>(
-    p: &BatchNorm,
-    x: &[T],
-    gamma: &[T],
-    beta: &[T],
-    running_mean: &mut [T],
-    running_var: &mut [T],
-    y: &mut [T],
-    save_mean: &mut [T],
-    save_invstd: &mut [T],
-) {
-    todo!()
-}
-pub fn batch_norm_eval<T: Element>(
-    p: &BatchNorm,
-    x: &[T],
-    gamma: &[T],
-    beta: &[T],
-    running_mean: &[T],
-    running_var: &[T],
-    y: &mut [T],
-) {
-    todo!()
-}
-pub fn batch_norm_backward<T: Element>(
-    p: &BatchNorm,
-    x: &[T],
-    dy: &[T],
-    gamma: &[T],
-    save_mean: &[T],
-    save_invstd: &[T],
-    dx: &mut [T],
-    dgamma: &mut [T],
-    dbeta: &mut [T],
-) {
-    todo!()
-}
-pub fn layer_norm<T: Element>(
-    rows: usize,
-    d: usize,
-    eps: f64,
-    x: &[T],
-    gamma: &[T],
-    beta: &[T],
-    y: &mut [T],
-    mean: &mut [T],
-    rstd: &mut [T],
-) {
-    todo!()
-}
-pub fn layer_norm_backward<T: Element>(
-    rows: usize,
-    d: usize,
-    x: &[T],
-    dy: &[T],
-    gamma: &[T],
-    mean: &[T],
-    rstd: &[T],
-    dx: &mut [T],
-    dgamma: &mut [T],
-    dbeta: &mut [T],
-) {
-    todo!()
-}
-pub fn softmax<T: Element>(rows: usize, d: usize, x: &[T], y: &mut [T]) {
-    todo!()
-}
-pub fn softmax_backward<T: Element>(rows: usize, d: usize, y: &[T], dy: &[T], dx: &mut [T]) {
-    todo!()
-}
-pub fn log_softmax<T: Element>(rows: usize, d: usize, x: &[T], y: &mut [T]) {
-    todo!()
-}
-pub fn log_softmax_backward<T: Element>(rows: usize, d: usize, y: &[T], dy: &[T], dx: &mut [T]) {
-    todo!()
-}
-pub fn gelu<T: Element>(x: &[T], y: &mut [T]) {
-    todo!()
-}
-pub fn gelu_backward<T: Element>(x: &[T], dy: &[T], dx: &mut [T]) {
-    todo!()
-}
-pub fn relu<T: Element>(x: &[T], y: &mut [T]) {
-    todo!()
-}
-pub fn relu_backward<T: Element>(x: &[T], dy: &[T], dx: &mut [T]) {
-    todo!()
-}
-pub fn max_pool2d<T: Element>(p: &Pool2d, x: &[T], y: &mut [T], idx: &mut [u32]) {
-    todo!()
-}
-pub fn max_pool2d_backward<T: Element>(p: &Pool2d, dy: &[T], idx: &[u32], dx: &mut [T]) {
-    todo!()
-}
-pub fn avg_pool2d<T: Element>(p: &Pool2d, x: &[T], y: &mut [T]) {
-    todo!()
-}
-pub fn avg_pool2d_backward<T: Element>(p: &Pool2d, dy: &[T], dx: &mut [T]) {
-    todo!()
-}
-pub fn global_avg_pool<T: Element>(nc: usize, hw: usize, x: &[T], y: &mut [T]) {
-    todo!()
-}
-pub fn global_avg_pool_backward<T: Element>(nc: usize, hw: usize, dy: &[T], dx: &mut [T]) {
-    todo!()
-}
-pub fn upsample_nearest<T: Element>(
-    nc: usize,
-    h: usize,
-    w: usize,
-    scale: usize,
-    x: &[T],
-    y: &mut [T],
-) {
-    todo!()
-}
-pub fn upsample_nearest_backward<T: Element>(
-    nc: usize,
-    h: usize,
-    w: usize,
-    scale: usize,
-    dy: &[T],
-    dx: &mut [T],
-) {
-    todo!()
-}
-pub fn gather_rows<T: Element>(d: usize, table: &[T], ids: &[u32], out: &mut [T]) {
-    todo!()
-}
-pub fn scatter_add_rows<T: Element>(d: usize, ids: &[u32], src: &[T], table: &mut [T]) {
-    todo!()
-}
-pub fn binary<T: Element>(
-    op: BinaryOp,
-    a: &[T],
-    a_shape: &[usize],
-    b: &[T],
-    b_shape: &[usize],
-    out: &mut [T],
-    out_shape: &[usize],
-) {
-    todo!()
-}
-pub fn unary<T: Element>(op: UnaryOp, x: &[T], y: &mut [T]) {
-    todo!()
-}
-pub fn affine<T: Element>(alpha: f64, beta: f64, x: &[T], y: &mut [T]) {
-    todo!()
-}
-pub fn axpy<T: Element>(alpha: f64, x: &[T], y: &mut [T]) {
-    todo!()
-}
-pub fn reduce<T: Element>(
-    op: ReduceOp,
-    outer: usize,
-    axis: usize,
-    inner: usize,
-    x: &[T],
-    y: &mut [T],
-) {
-    todo!()
-}
-pub fn window_stats<T: Element>(
-    nc: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    x: &[T],
-    mean: &mut [T],
-    var: &mut [T],
-) {
-    todo!()
-}
-pub fn window_stats_backward<T: Element>(
-    nc: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    x: &[T],
-    mean: &[T],
-    dmean: &[T],
-    dvar: &[T],
-    dx: &mut [T],
-) {
-    todo!()
-}
-pub fn cross_entropy<T: Element>(
-    rows: usize,
-    classes: usize,
-    logits: &[T],
-    targets: &[u32],
-    loss: &mut [T],
-) {
-    todo!()
-}
-pub fn cross_entropy_backward<T: Element>(
-    rows: usize,
-    classes: usize,
-    logits: &[T],
-    targets: &[u32],
-    dloss: &[T],
-    dlogits: &mut [T],
-) {
-    todo!()
-}
-pub fn bce_with_logits<T: Element>(logits: &[T], targets: &[T], loss: &mut [T]) {
-    todo!()
-}
-pub fn bce_with_logits_backward<T: Element>(
-    logits: &[T],
-    targets: &[T],
-    dloss: &[T],
-    dlogits: &mut [T],
-) {
-    todo!()
-}
-pub fn l1_loss<T: Element>(pred: &[T], target: &[T], loss: &mut [T]) {
-    todo!()
-}
-pub fn l1_loss_backward<T: Element>(pred: &[T], target: &[T], dloss: &[T], dpred: &mut [T]) {
-    todo!()
-}
-pub fn l2_loss<T: Element>(pred: &[T], target: &[T], loss: &mut [T]) {
-    todo!()
-}
-pub fn l2_loss_backward<T: Element>(pred: &[T], target: &[T], dloss: &[T], dpred: &mut [T]) {
-    todo!()
-}
-pub fn sample_categorical<T: Element>(
-    rows: usize,
-    classes: usize,
-    temperature: f64,
-    seed: u64,
-    offset: u64,
-    logits: &[T],
-    out: &mut [u32],
-) {
-    todo!()
-}
-pub fn rand_uniform<T: Element>(seed: u64, offset: u64, out: &mut [T]) {
-    todo!()
-}
-pub fn argmax<T: Element>(rows: usize, d: usize, x: &[T], out: &mut [u32]) {
-    todo!()
-}
-pub fn cast<T: Element>(dtype: DType, x: &[T], y: &mut [T]) {
-    todo!()
-}
-pub fn sum_squares<T: Element>(x: &[T], out: &mut [T]) {
-    todo!()
-}
-/// `grad_scale` multiplies every gradient before the update.
-pub fn adamw<T: Element>(
-    hp: &AdamW,
-    groups: &[ParamGroup],
-    params: &mut [T],
-    grads: &[T],
-    m: &mut [T],
-    v: &mut [T],
-    grad_scale: T,
-) {
-    todo!()
+
+/// `Σ x` of `f64` terms in one accumulator.
+fn sum_f64<I: Iterator<Item = f64>>(it: I) -> f64 {
+    let mut s = 0.0;
+    for v in it {
+        s += v;
+    }
+    s
 }

@@ -241,6 +241,18 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    // ---- layout -------------------------------------------------------------------------
+    /// `y = x.permute(perm)` for `x` of row-major `shape`: `y` has shape
+    /// `[shape[perm[0]], ...]` and `y[i] = x[j]` with `j[perm[a]] = i[a]`.
+    /// The default goes through the host; device backends override it.
+    fn permute(&self, shape: &[usize], perm: &[usize], x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()> {
+        let host = self.download(x)?;
+        let mut out = host.clone();
+        crate::reference::kernels::permute(shape, perm, &host, &mut out);
+        let tmp = self.upload(&out)?;
+        self.copy(View { buf: &tmp, offset: 0, len: out.len() }, y)
+    }
+
     // ---- linear algebra -----------------------------------------------------------------
     fn gemm(
         &self,

@@ -87,6 +87,21 @@ fn map2<B: Backend>(
     Ok(dx)
 }
 
+// ---- layout -----------------------------------------------------------------------------
+
+/// `x.permute(perm)` (as PyTorch), materialized: output axis `a` is input axis `perm[a]`.
+pub fn permute<B: Backend>(b: &B, x: &Tensor<B>, perm: &[usize]) -> Result<Tensor<B>> {
+    let r = x.rank();
+    let mut seen = alloc::vec![false; r];
+    if perm.len() != r || perm.iter().any(|&p| p >= r || core::mem::replace(&mut seen[p], true)) {
+        return invalid("permute", format!("{perm:?} is not a permutation of the {r} axes of {:?}", x.shape()));
+    }
+    let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
+    let mut y = alloc(b, &shape)?;
+    b.permute(x.shape(), perm, x.view(), y.view_mut())?;
+    Ok(y)
+}
+
 // ---- linear algebra ---------------------------------------------------------------------
 
 /// `op(a) · op(b)` for rank-2 or rank-3 operands (`[batch, rows, cols]`); a rank-2

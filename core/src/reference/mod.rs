@@ -83,6 +83,11 @@ impl<T: Element> Backend for Reference<T> {
         Ok(())
     }
 
+    fn permute(&self, shape: &[usize], perm: &[usize], x: B<'_, T>, y: M<'_, T>) -> Result<()> {
+        kernels::permute(shape, perm, x.slice(), y.slice());
+        Ok(())
+    }
+
     fn gemm(&self, p: &Gemm, a: B<'_, T>, b: B<'_, T>, c: M<'_, T>) -> Result<()> {
         kernels::gemm(p, a.slice(), b.slice(), c.slice());
         Ok(())

@@ -736,3 +736,25 @@ fn zero_sized_dimensions_do_not_panic() {
     global_avg_pool::<f32>(1, 0, &[], &mut r[..1]);
     assert_eq!(r[0], 0.0);
 }
+
+#[test]
+fn permute_matches_index_formula() {
+    // x: [2, 3, 4] → perm [2, 0, 1] → y: [4, 2, 3], y[c, a, b] = x[a, b, c].
+    let x: alloc::vec::Vec<f64> = (0..24).map(|v| v as f64).collect();
+    let mut y = alloc::vec![0.0; 24];
+    super::permute(&[2, 3, 4], &[2, 0, 1], &x, &mut y);
+    for a in 0..2 {
+        for b in 0..3 {
+            for c in 0..4 {
+                assert_eq!(y[(c * 2 + a) * 3 + b], x[(a * 3 + b) * 4 + c]);
+            }
+        }
+    }
+    // Identity and rank 0 leave data untouched.
+    let mut z = alloc::vec![0.0; 24];
+    super::permute(&[2, 3, 4], &[0, 1, 2], &x, &mut z);
+    assert_eq!(z, x);
+    let mut s = [0.0];
+    super::permute::<f64>(&[], &[], &[7.0], &mut s);
+    assert_eq!(s, [7.0]);
+}

@@ -20,6 +20,7 @@ pub mod backend;
 pub mod element;
 pub mod error;
 pub mod layers;
+pub mod models;
 pub mod ops;
 pub mod params;
 pub mod reference;

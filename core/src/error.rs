@@ -23,6 +23,9 @@ pub enum Error {
     /// A named parameter is missing or has the wrong shape.
     #[error("parameter {name}: {detail}")]
     Param { name: String, detail: String },
+    /// A checkpoint file cannot be read or written, is corrupt, or does not fit the model.
+    #[error("checkpoint {path}: {detail}")]
+    Checkpoint { path: String, detail: String },
 }
 
 pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -10,13 +10,18 @@
 //! - [`reference`]: the plain-loop oracle backend, generic over `f32` and `f64`;
 //! - [`rng`]: the counter-based random numbers every backend shares;
 //! - [`params`]: flat parameter buffers with a name table;
-//! - [`layers`]: layers with explicit forward and backward passes.
+//! - [`layers`]: layers with explicit forward and backward passes;
+//! - [`arch`]: the architecture registry (timm / torchvision / DALL-E names, serialized configs);
+//! - `checkpoint` (feature `std`): safetensors files in both directions.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod arch;
 pub mod backend;
+#[cfg(feature = "std")]
+pub mod checkpoint;
 pub mod element;
 pub mod error;
 pub mod layers;

@@ -22,6 +22,8 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Run a checkpoint (.safetensors) on an input (.npy or image), writing a .npy.
+    Infer(cim_cpu::commands::infer::InferArgs),
 }
 
 #[derive(Subcommand)]
@@ -53,6 +55,21 @@ fn main() -> ExitCode {
                 println!("{:<28} {:<44} {:>12.3} {:>10}", r.name, r.shape, r.median_ms, g);
             }
         }
+        Command::Infer(args) => match cim_cpu::commands::infer::run(&args) {
+            Ok(o) => println!(
+                "{}: {} {:?} -> {} {:?} ({})",
+                o.arch,
+                args.input.display(),
+                o.input_shape,
+                args.out.display(),
+                o.output_shape,
+                o.output_doc
+            ),
+            Err(e) => {
+                eprintln!("error: {}", e.replace('\n', " "));
+                return ExitCode::FAILURE;
+            }
+        },
     }
     ExitCode::SUCCESS
 }

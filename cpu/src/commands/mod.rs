@@ -1,0 +1,4 @@
+//! The subcommands of the `cim` binary that do more than print: each takes its parsed
+//! arguments and returns what it did, or a one-line error for the binary to print.
+
+pub mod infer;

@@ -245,7 +245,13 @@ pub trait Backend: Send + Sync {
     /// `y = x.permute(perm)` for `x` of row-major `shape`: `y` has shape
     /// `[shape[perm[0]], ...]` and `y[i] = x[j]` with `j[perm[a]] = i[a]`.
     /// The default goes through the host; device backends override it.
-    fn permute(&self, shape: &[usize], perm: &[usize], x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()> {
+    fn permute(
+        &self,
+        shape: &[usize],
+        perm: &[usize],
+        x: View<'_, Self::Buf>,
+        y: ViewMut<'_, Self::Buf>,
+    ) -> Result<()> {
         let host = self.download(x)?;
         let mut out = host.clone();
         crate::reference::kernels::permute(shape, perm, &host, &mut out);
@@ -254,13 +260,7 @@ pub trait Backend: Send + Sync {
     }
 
     // ---- linear algebra -----------------------------------------------------------------
-    fn gemm(
-        &self,
-        p: &Gemm,
-        a: View<'_, Self::Buf>,
-        b: View<'_, Self::Buf>,
-        c: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
+    fn gemm(&self, p: &Gemm, a: View<'_, Self::Buf>, b: View<'_, Self::Buf>, c: ViewMut<'_, Self::Buf>) -> Result<()>;
 
     // ---- convolution --------------------------------------------------------------------
     /// `y = conv(x, w) + bias` (overwrites `y`).
@@ -289,12 +289,7 @@ pub trait Backend: Send + Sync {
         dw: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
     /// `db[c] += Σ_{n,h,w} dy[n,c,h,w]` (accumulates).
-    fn conv2d_grad_bias(
-        &self,
-        p: &Conv2d,
-        dy: View<'_, Self::Buf>,
-        db: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
+    fn conv2d_grad_bias(&self, p: &Conv2d, dy: View<'_, Self::Buf>, db: ViewMut<'_, Self::Buf>) -> Result<()>;
 
     // ---- normalization ------------------------------------------------------------------
     /// Training-mode batch norm: normalizes with the batch statistics (biased variance),
@@ -371,13 +366,7 @@ pub trait Backend: Send + Sync {
 
     // ---- softmax ------------------------------------------------------------------------
     /// Softmax over the last axis of `[rows, d]`.
-    fn softmax(
-        &self,
-        rows: usize,
-        d: usize,
-        x: View<'_, Self::Buf>,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
+    fn softmax(&self, rows: usize, d: usize, x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()>;
     /// `dx = y ⊙ (dy - Σ dy ⊙ y)` from the softmax output `y`.
     fn softmax_backward(
         &self,
@@ -387,13 +376,7 @@ pub trait Backend: Send + Sync {
         dy: View<'_, Self::Buf>,
         dx: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
-    fn log_softmax(
-        &self,
-        rows: usize,
-        d: usize,
-        x: View<'_, Self::Buf>,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
+    fn log_softmax(&self, rows: usize, d: usize, x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()>;
     /// `dx = dy - exp(y) · Σ dy` from the log-softmax output `y`.
     fn log_softmax_backward(
         &self,
@@ -407,20 +390,10 @@ pub trait Backend: Send + Sync {
     // ---- activations --------------------------------------------------------------------
     /// Exact GELU: `0.5 · x · (1 + erf(x / √2))`.
     fn gelu(&self, x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()>;
-    fn gelu_backward(
-        &self,
-        x: View<'_, Self::Buf>,
-        dy: View<'_, Self::Buf>,
-        dx: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
+    fn gelu_backward(&self, x: View<'_, Self::Buf>, dy: View<'_, Self::Buf>, dx: ViewMut<'_, Self::Buf>) -> Result<()>;
     fn relu(&self, x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()>;
     /// `dx = dy · [x > 0]`.
-    fn relu_backward(
-        &self,
-        x: View<'_, Self::Buf>,
-        dy: View<'_, Self::Buf>,
-        dx: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
+    fn relu_backward(&self, x: View<'_, Self::Buf>, dy: View<'_, Self::Buf>, dx: ViewMut<'_, Self::Buf>) -> Result<()>;
 
     // ---- pooling and resampling ---------------------------------------------------------
     /// Max pooling; `idx` receives, per output, the flat index `ih · w + iw` of the
@@ -440,26 +413,10 @@ pub trait Backend: Send + Sync {
         idx: View<'_, Self::IBuf>,
         dx: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
-    fn avg_pool2d(
-        &self,
-        p: &Pool2d,
-        x: View<'_, Self::Buf>,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-    fn avg_pool2d_backward(
-        &self,
-        p: &Pool2d,
-        dy: View<'_, Self::Buf>,
-        dx: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
+    fn avg_pool2d(&self, p: &Pool2d, x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()>;
+    fn avg_pool2d_backward(&self, p: &Pool2d, dy: View<'_, Self::Buf>, dx: ViewMut<'_, Self::Buf>) -> Result<()>;
     /// Mean over the last axis of `[nc, hw]`, giving `[nc]`.
-    fn global_avg_pool(
-        &self,
-        nc: usize,
-        hw: usize,
-        x: View<'_, Self::Buf>,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
+    fn global_avg_pool(&self, nc: usize, hw: usize, x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()>;
     fn global_avg_pool_backward(
         &self,
         nc: usize,
@@ -522,13 +479,7 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     fn unary(&self, op: UnaryOp, x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()>;
     /// `y = alpha · x + beta` with scalars.
-    fn affine(
-        &self,
-        alpha: f64,
-        beta: f64,
-        x: View<'_, Self::Buf>,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
+    fn affine(&self, alpha: f64, beta: f64, x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()>;
     /// `y += alpha · x`.
     fn axpy(&self, alpha: f64, x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()>;
     /// Reduce the middle axis of `x: [outer, axis, inner]` into `y: [outer, inner]`.
@@ -658,13 +609,7 @@ pub trait Backend: Send + Sync {
     /// `out[i] = uniform(seed, offset + i)` in `[0, 1)` ([`crate::rng::uniform`]).
     fn rand_uniform(&self, seed: u64, offset: u64, out: ViewMut<'_, Self::Buf>) -> Result<()>;
     /// Index of the first maximum of each row of `[rows, d]`.
-    fn argmax(
-        &self,
-        rows: usize,
-        d: usize,
-        x: View<'_, Self::Buf>,
-        out: ViewMut<'_, Self::IBuf>,
-    ) -> Result<()>;
+    fn argmax(&self, rows: usize, d: usize, x: View<'_, Self::Buf>, out: ViewMut<'_, Self::IBuf>) -> Result<()>;
 
     // ---- precision ----------------------------------------------------------------------
     /// `y = round_to(dtype, x)`: the nearest value representable in `dtype` (ties to even).

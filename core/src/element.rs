@@ -37,9 +37,7 @@ impl DType {
 }
 
 /// A floating-point element type a backend computes in (`f32`, `f64`).
-pub trait Element:
-    Float + FromPrimitive + NumAssign + Sum + Default + Debug + Display + Send + Sync + 'static
-{
+pub trait Element: Float + FromPrimitive + NumAssign + Sum + Default + Debug + Display + Send + Sync + 'static {
     const DTYPE: DType;
     /// The error function, used by the exact GELU.
     fn erf(self) -> Self;

@@ -32,16 +32,10 @@ pub type Result<T, E = Error> = core::result::Result<T, E>;
 
 /// Shorthand for a shape error.
 pub fn shape_err<T>(op: &'static str, detail: impl Into<String>) -> Result<T> {
-    Err(Error::Shape {
-        op,
-        detail: detail.into(),
-    })
+    Err(Error::Shape { op, detail: detail.into() })
 }
 
 /// Shorthand for an invalid-argument error.
 pub fn invalid<T>(op: &'static str, detail: impl Into<String>) -> Result<T> {
-    Err(Error::Invalid {
-        op,
-        detail: detail.into(),
-    })
+    Err(Error::Invalid { op, detail: detail.into() })
 }

@@ -67,7 +67,11 @@ fn check_ids<B: Backend>(op: &'static str, b: &B, ids: &IndexTensor<B>, bound: u
 }
 
 /// Apply an elementwise kernel `f(x, y)` into a new tensor shaped like `x`.
-fn map1<B: Backend>(b: &B, x: &Tensor<B>, f: impl FnOnce(&B, &Tensor<B>, &mut Tensor<B>) -> Result<()>) -> Result<Tensor<B>> {
+fn map1<B: Backend>(
+    b: &B,
+    x: &Tensor<B>,
+    f: impl FnOnce(&B, &Tensor<B>, &mut Tensor<B>) -> Result<()>,
+) -> Result<Tensor<B>> {
     let mut y = alloc(b, x.shape())?;
     f(b, x, &mut y)?;
     Ok(y)
@@ -120,7 +124,10 @@ pub fn matmul<B: Backend>(b: &B, a: &Tensor<B>, bm: &Tensor<B>, trans_a: bool, t
     let (m, ka) = if trans_a { (ca, ra) } else { (ra, ca) };
     let (kb, n) = if trans_b { (cb, rb) } else { (rb, cb) };
     if ka != kb {
-        return shape_err(OP, format!("inner dimensions differ: {ka} vs {kb} (shapes {:?}, {:?})", a.shape(), bm.shape()));
+        return shape_err(
+            OP,
+            format!("inner dimensions differ: {ka} vs {kb} (shapes {:?}, {:?})", a.shape(), bm.shape()),
+        );
     }
     if ba && bb && na != nb {
         return shape_err(OP, format!("batch sizes differ: {na} vs {nb}"));
@@ -149,7 +156,8 @@ pub fn matmul<B: Backend>(b: &B, a: &Tensor<B>, bm: &Tensor<B>, trans_a: bool, t
 /// of every operand checked against the buffers.
 pub fn gemm<B: Backend>(b: &B, p: &Gemm, a: &Tensor<B>, bm: &Tensor<B>, c: &mut Tensor<B>) -> Result<()> {
     const OP: &str = "gemm";
-    for (name, span, len) in [("A", p.span_a(), a.numel()), ("B", p.span_b(), bm.numel()), ("C", p.span_c(), c.numel())] {
+    for (name, span, len) in [("A", p.span_a(), a.numel()), ("B", p.span_b(), bm.numel()), ("C", p.span_c(), c.numel())]
+    {
         if span > len {
             return shape_err(OP, format!("operand {name} spans {span} elements, tensor holds {len}"));
         }
@@ -163,7 +171,12 @@ pub fn gemm<B: Backend>(b: &B, p: &Gemm, a: &Tensor<B>, bm: &Tensor<B>, c: &mut 
 // ---- convolution ------------------------------------------------------------------------
 
 /// Validate and describe a convolution of `x: [n, c, h, w]` with `w: [o, c, kh, kw]`.
-pub fn conv2d_spec<B: Backend>(x: &Tensor<B>, w: &Tensor<B>, stride: (usize, usize), pad: (usize, usize)) -> Result<Conv2d> {
+pub fn conv2d_spec<B: Backend>(
+    x: &Tensor<B>,
+    w: &Tensor<B>,
+    stride: (usize, usize),
+    pad: (usize, usize),
+) -> Result<Conv2d> {
     const OP: &str = "conv2d";
     rank(OP, x, 4)?;
     rank(OP, w, 4)?;
@@ -221,7 +234,13 @@ pub fn conv2d_backward<B: Backend>(
 
 // ---- normalization ----------------------------------------------------------------------
 
-fn bn_spec<B: Backend>(op: &'static str, x: &Tensor<B>, per_channel: &[&Tensor<B>], eps: f64, momentum: f64) -> Result<BatchNorm> {
+fn bn_spec<B: Backend>(
+    op: &'static str,
+    x: &Tensor<B>,
+    per_channel: &[&Tensor<B>],
+    eps: f64,
+    momentum: f64,
+) -> Result<BatchNorm> {
     if x.rank() < 2 {
         return shape_err(op, format!("expected [n, c, ...], got {:?}", x.shape()));
     }
@@ -531,7 +550,12 @@ pub fn upsample_nearest<B: Backend>(b: &B, x: &Tensor<B>, scale: usize) -> Resul
     Ok(y)
 }
 
-pub fn upsample_nearest_backward<B: Backend>(b: &B, x_shape: &[usize], dy: &Tensor<B>, scale: usize) -> Result<Tensor<B>> {
+pub fn upsample_nearest_backward<B: Backend>(
+    b: &B,
+    x_shape: &[usize],
+    dy: &Tensor<B>,
+    scale: usize,
+) -> Result<Tensor<B>> {
     const OP: &str = "upsample_nearest_backward";
     let (nc, h, w) = nchw(OP, x_shape)?;
     positive(OP, "scale", scale)?;
@@ -704,7 +728,12 @@ pub fn window_stats_backward<B: Backend>(
 
 // ---- losses -----------------------------------------------------------------------------
 
-fn ce_spec<B: Backend>(op: &'static str, b: &B, logits: &Tensor<B>, targets: &IndexTensor<B>) -> Result<(usize, usize)> {
+fn ce_spec<B: Backend>(
+    op: &'static str,
+    b: &B,
+    logits: &Tensor<B>,
+    targets: &IndexTensor<B>,
+) -> Result<(usize, usize)> {
     let (rows, classes) = rows_last(op, logits)?;
     dims_exact(op, "targets", targets.shape(), &logits.shape()[..logits.rank() - 1])?;
     check_ids(op, b, targets, classes)?;
@@ -755,7 +784,13 @@ pub fn loss<B: Backend>(b: &B, kind: Loss, pred: &Tensor<B>, target: &Tensor<B>)
 }
 
 /// Gradient of [`loss`] with respect to the prediction, given the upstream `dloss`.
-pub fn loss_backward<B: Backend>(b: &B, kind: Loss, pred: &Tensor<B>, target: &Tensor<B>, dloss: &Tensor<B>) -> Result<Tensor<B>> {
+pub fn loss_backward<B: Backend>(
+    b: &B,
+    kind: Loss,
+    pred: &Tensor<B>,
+    target: &Tensor<B>,
+    dloss: &Tensor<B>,
+) -> Result<Tensor<B>> {
     same("loss_backward", pred, target)?;
     map2("loss_backward", b, pred, dloss, |b, d| match kind {
         Loss::BceWithLogits => b.bce_with_logits_backward(pred.view(), target.view(), dloss.view(), d.view_mut()),

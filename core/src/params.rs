@@ -23,14 +23,25 @@ pub enum Init {
     Ones,
     Const(f64),
     /// Normal with `std`, truncated to `[lo, hi]` in absolute units (timm's `trunc_normal_`).
-    TruncNormal { std: f64, lo: f64, hi: f64 },
-    Normal { std: f64 },
-    Uniform { lo: f64, hi: f64 },
+    TruncNormal {
+        std: f64,
+        lo: f64,
+        hi: f64,
+    },
+    Normal {
+        std: f64,
+    },
+    Uniform {
+        lo: f64,
+        hi: f64,
+    },
     /// He normal with fan-out, as torchvision initializes ResNet convolutions.
     KaimingNormalFanOut,
     /// PyTorch's default for `nn.Linear`/`nn.Conv2d` weights and biases:
     /// uniform in `±1/sqrt(fan_in)`.
-    DefaultFanIn { fan_in: usize },
+    DefaultFanIn {
+        fan_in: usize,
+    },
 }
 
 impl Init {
@@ -132,7 +143,8 @@ impl ParamTable {
             Kind::State => self.state_len,
         };
         let param = Param { offset, len, kind };
-        let p = self.insert(Entry { name: name.to_string(), shape: shape.to_vec(), param, init, decay, alias_of: None })?;
+        let p =
+            self.insert(Entry { name: name.to_string(), shape: shape.to_vec(), param, init, decay, alias_of: None })?;
         match kind {
             Kind::Trainable => self.params_len += len,
             Kind::State => self.state_len += len,
@@ -160,7 +172,10 @@ impl ParamTable {
     pub fn alias(&mut self, name: &str, existing: &str) -> Result<Param> {
         let src = self
             .entry(existing)
-            .ok_or_else(|| Error::Param { name: existing.to_string(), detail: "not registered; cannot share it".to_string() })?
+            .ok_or_else(|| Error::Param {
+                name: existing.to_string(),
+                detail: "not registered; cannot share it".to_string(),
+            })?
             .clone();
         let root = src.alias_of.clone().unwrap_or(src.name.clone());
         self.insert(Entry { name: name.to_string(), alias_of: Some(root), ..src })
@@ -206,7 +221,9 @@ impl ParamTable {
                 weight_decay: if e.decay { weight_decay } else { 0.0 },
             };
             match groups.last_mut() {
-                Some(last) if last.offset + last.len == g.offset && last.lr == g.lr && last.weight_decay == g.weight_decay => {
+                Some(last)
+                    if last.offset + last.len == g.offset && last.lr == g.lr && last.weight_decay == g.weight_decay =>
+                {
                     last.len += g.len
                 }
                 _ => groups.push(g),
@@ -229,7 +246,12 @@ impl ParamTable {
                 *v = B::E::of(e.init.value(&e.shape, stream, (e.param.offset + i) as u64));
             }
         }
-        Ok(ParamStore { params: b.upload(&host)?, grads: b.alloc(self.params_len)?, state: b.upload(&state)?, table: self })
+        Ok(ParamStore {
+            params: b.upload(&host)?,
+            grads: b.alloc(self.params_len)?,
+            state: b.upload(&state)?,
+            table: self,
+        })
     }
 }
 
@@ -251,7 +273,9 @@ impl<B: Backend> ParamStore<B> {
     }
 
     fn lookup(&self, name: &str) -> Result<&Entry> {
-        self.table.entry(name).ok_or_else(|| Error::Param { name: name.to_string(), detail: "no such parameter".to_string() })
+        self.table
+            .entry(name)
+            .ok_or_else(|| Error::Param { name: name.to_string(), detail: "no such parameter".to_string() })
     }
 
     /// The values of a named tensor, on the host.

@@ -36,30 +36,18 @@ pub struct ViewMut<'a, S: ?Sized> {
 impl<'a, S: ?Sized> ViewMut<'a, S> {
     /// Reborrow, so one `ViewMut` can be passed to several calls in turn.
     pub fn reborrow(&mut self) -> ViewMut<'_, S> {
-        ViewMut {
-            buf: self.buf,
-            offset: self.offset,
-            len: self.len,
-        }
+        ViewMut { buf: self.buf, offset: self.offset, len: self.len }
     }
     /// The same window, read-only.
     pub fn as_view(&self) -> View<'_, S> {
-        View {
-            buf: self.buf,
-            offset: self.offset,
-            len: self.len,
-        }
+        View { buf: self.buf, offset: self.offset, len: self.len }
     }
 }
 
 impl<'a, T> View<'a, [T]> {
     /// A view of a whole slice.
     pub fn of(s: &'a [T]) -> Self {
-        View {
-            buf: s,
-            offset: 0,
-            len: s.len(),
-        }
+        View { buf: s, offset: 0, len: s.len() }
     }
 }
 
@@ -86,10 +74,7 @@ pub struct Tensor<B: Backend> {
 impl<B: Backend> Tensor<B> {
     /// A zero-filled tensor.
     pub fn zeros(b: &B, shape: &[usize]) -> Result<Self> {
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            buf: b.alloc(numel(shape))?,
-        })
+        Ok(Tensor { shape: shape.to_vec(), buf: b.alloc(numel(shape))? })
     }
 
     /// A tensor filled with `v`.
@@ -104,18 +89,10 @@ impl<B: Backend> Tensor<B> {
         if numel(shape) != data.len() {
             return shape_err(
                 "Tensor::from_slice",
-                format!(
-                    "shape {:?} holds {} elements, data has {}",
-                    shape,
-                    numel(shape),
-                    data.len()
-                ),
+                format!("shape {:?} holds {} elements, data has {}", shape, numel(shape), data.len()),
             );
         }
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            buf: b.upload(data)?,
-        })
+        Ok(Tensor { shape: shape.to_vec(), buf: b.upload(data)? })
     }
 
     /// Upload host `f64` data, converting to the backend's element type.
@@ -129,18 +106,10 @@ impl<B: Backend> Tensor<B> {
         if b.len(&buf) != numel(shape) {
             return shape_err(
                 "Tensor::from_buf",
-                format!(
-                    "shape {:?} holds {} elements, buffer has {}",
-                    shape,
-                    numel(shape),
-                    b.len(&buf)
-                ),
+                format!("shape {:?} holds {} elements, buffer has {}", shape, numel(shape), b.len(&buf)),
             );
         }
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            buf,
-        })
+        Ok(Tensor { shape: shape.to_vec(), buf })
     }
 
     /// Download to the host.
@@ -150,11 +119,7 @@ impl<B: Backend> Tensor<B> {
 
     /// Download to the host as `f64`.
     pub fn to_f64(&self, b: &B) -> Result<Vec<f64>> {
-        Ok(self
-            .to_vec(b)?
-            .into_iter()
-            .map(crate::Element::f64)
-            .collect())
+        Ok(self.to_vec(b)?.into_iter().map(crate::Element::f64).collect())
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -173,33 +138,19 @@ impl<B: Backend> Tensor<B> {
         self.buf
     }
     pub fn view(&self) -> View<'_, B::Buf> {
-        View {
-            buf: &self.buf,
-            offset: 0,
-            len: numel(&self.shape),
-        }
+        View { buf: &self.buf, offset: 0, len: numel(&self.shape) }
     }
     pub fn view_mut(&mut self) -> ViewMut<'_, B::Buf> {
         let len = numel(&self.shape);
-        ViewMut {
-            buf: &mut self.buf,
-            offset: 0,
-            len,
-        }
+        ViewMut { buf: &mut self.buf, offset: 0, len }
     }
 
     /// Same data, new shape with the same element count.
     pub fn reshape(self, shape: &[usize]) -> Result<Self> {
         if numel(shape) != self.numel() {
-            return shape_err(
-                "reshape",
-                format!("{:?} -> {:?} changes the element count", self.shape, shape),
-            );
+            return shape_err("reshape", format!("{:?} -> {:?} changes the element count", self.shape, shape));
         }
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            buf: self.buf,
-        })
+        Ok(Tensor { shape: shape.to_vec(), buf: self.buf })
     }
 
     /// A copy on the same backend.
@@ -218,27 +169,16 @@ pub struct IndexTensor<B: Backend> {
 
 impl<B: Backend> IndexTensor<B> {
     pub fn zeros(b: &B, shape: &[usize]) -> Result<Self> {
-        Ok(IndexTensor {
-            shape: shape.to_vec(),
-            buf: b.alloc_idx(numel(shape))?,
-        })
+        Ok(IndexTensor { shape: shape.to_vec(), buf: b.alloc_idx(numel(shape))? })
     }
     pub fn from_slice(b: &B, shape: &[usize], data: &[u32]) -> Result<Self> {
         if numel(shape) != data.len() {
             return invalid(
                 "IndexTensor::from_slice",
-                format!(
-                    "shape {:?} holds {} elements, data has {}",
-                    shape,
-                    numel(shape),
-                    data.len()
-                ),
+                format!("shape {:?} holds {} elements, data has {}", shape, numel(shape), data.len()),
             );
         }
-        Ok(IndexTensor {
-            shape: shape.to_vec(),
-            buf: b.upload_idx(data)?,
-        })
+        Ok(IndexTensor { shape: shape.to_vec(), buf: b.upload_idx(data)? })
     }
     pub fn to_vec(&self, b: &B) -> Result<Vec<u32>> {
         b.download_idx(self.view())
@@ -250,30 +190,16 @@ impl<B: Backend> IndexTensor<B> {
         numel(&self.shape)
     }
     pub fn view(&self) -> View<'_, B::IBuf> {
-        View {
-            buf: &self.buf,
-            offset: 0,
-            len: numel(&self.shape),
-        }
+        View { buf: &self.buf, offset: 0, len: numel(&self.shape) }
     }
     pub fn view_mut(&mut self) -> ViewMut<'_, B::IBuf> {
         let len = numel(&self.shape);
-        ViewMut {
-            buf: &mut self.buf,
-            offset: 0,
-            len,
-        }
+        ViewMut { buf: &mut self.buf, offset: 0, len }
     }
     pub fn reshape(self, shape: &[usize]) -> Result<Self> {
         if numel(shape) != self.numel() {
-            return shape_err(
-                "reshape",
-                format!("{:?} -> {:?} changes the element count", self.shape, shape),
-            );
+            return shape_err("reshape", format!("{:?} -> {:?} changes the element count", self.shape, shape));
         }
-        Ok(IndexTensor {
-            shape: shape.to_vec(),
-            buf: self.buf,
-        })
+        Ok(IndexTensor { shape: shape.to_vec(), buf: self.buf })
     }
 }

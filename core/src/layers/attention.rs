@@ -169,7 +169,7 @@ impl Attention {
 
     /// Register in a scope (fresh or shared).
     pub fn build(s: &mut Scope<'_>, dim: usize, heads: usize, qkv_bias: bool) -> Result<Self> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return invalid(OP, format!("dim {dim} is not a positive multiple of heads {heads}"));
         }
         Ok(Attention {

@@ -31,7 +31,7 @@ fn away_from_zero(s: &mut Stream, n: usize) -> Vec<f64> {
     (0..n)
         .map(|_| {
             let v = 0.1 + s.next_f32() as f64;
-            if s.next_u32() % 2 == 0 {
+            if s.next_u32().is_multiple_of(2) {
                 v
             } else {
                 -v

@@ -113,7 +113,7 @@ pub fn pixel_shuffle<B: Backend>(b: &B, x: &Tensor<B>, r: usize) -> Result<Tenso
     if r == 0 {
         return invalid(OP, "the factor must be positive");
     }
-    if s.len() != 4 || s.contains(&0) || s[1] % (r * r) != 0 {
+    if s.len() != 4 || s.contains(&0) || !s[1].is_multiple_of(r * r) {
         return shape_err(OP, format!("input {s:?} is not [n, c·{r}², h, w]"));
     }
     let c = s[1] / (r * r);
@@ -129,7 +129,7 @@ pub fn pixel_unshuffle<B: Backend>(b: &B, x: &Tensor<B>, r: usize) -> Result<Ten
     if r == 0 {
         return invalid(OP, "the factor must be positive");
     }
-    if s.len() != 4 || s.contains(&0) || s[2] % r != 0 || s[3] % r != 0 {
+    if s.len() != 4 || s.contains(&0) || !s[2].is_multiple_of(r) || !s[3].is_multiple_of(r) {
         return shape_err(OP, format!("input {s:?} is not [n, c, h·{r}, w·{r}]"));
     }
     let (c, h, w) = (s[1], s[2] / r, s[3] / r);
@@ -191,7 +191,7 @@ impl ConvHead {
 
     /// Register in a scope (fresh or shared).
     pub fn build(s: &mut Scope<'_>, task: ConvHeadTask, c_in: usize, stride: usize, patch: usize) -> Result<Self> {
-        if c_in == 0 || stride == 0 || patch == 0 || stride % patch != 0 {
+        if c_in == 0 || stride == 0 || patch == 0 || !stride.is_multiple_of(patch) {
             return invalid(
                 OP,
                 format!("need c_in > 0 and a stride ({stride}) that is a multiple of the patch ({patch})"),

@@ -110,7 +110,7 @@ impl DvaeConfig {
             || c.vocab_size == 0
             || c.n_init == 0
             || c.n_hid == 0
-            || c.n_hid % 4 != 0
+            || !c.n_hid.is_multiple_of(4)
         {
             return invalid(OP, format!("bad configuration {c:?} (sizes must be positive, n_hid a multiple of 4)"));
         }
@@ -167,7 +167,7 @@ pub struct DvaeBlockCache<B: Backend> {
 impl DvaeBlock {
     /// Register `{scope}.id_path.*` (when `n_in != n_out`) and `{scope}.res_path.conv_{1..4}.*`.
     pub fn build(s: &mut Scope<'_>, kind: DvaeBlockKind, n_in: usize, n_out: usize, n_layers: usize) -> Result<Self> {
-        if n_in == 0 || n_out == 0 || n_out % 4 != 0 || n_layers == 0 {
+        if n_in == 0 || n_out == 0 || !n_out.is_multiple_of(4) || n_layers == 0 {
             return invalid(
                 OP,
                 format!("block {n_in} → {n_out} (n_layers {n_layers}): n_out must be a positive multiple of 4"),
@@ -687,7 +687,7 @@ pub fn unmap_pixels<B: Backend>(b: &B, x: &Tensor<B>) -> Result<Tensor<B>> {
 /// The reconstruction of a decoder output `[n, 2c, H, W]`: `unmap_pixels(sigmoid(out[:, :c]))`.
 pub fn reconstruct<B: Backend>(b: &B, out: &Tensor<B>) -> Result<Tensor<B>> {
     let s = out.shape();
-    if s.len() != 4 || s.contains(&0) || s[1] % 2 != 0 {
+    if s.len() != 4 || s.contains(&0) || !s[1].is_multiple_of(2) {
         return shape_err("reconstruct", format!("decoder output {s:?} is not [n, 2c, h, w]"));
     }
     let (n, c, hw) = (s[0], s[1] / 2, s[2] * s[3]);

@@ -140,13 +140,13 @@ impl VitConfig {
         if c.img_size == 0 || c.patch_size == 0 || c.in_chans == 0 || c.embed_dim == 0 || c.heads == 0 {
             return invalid(OP, format!("sizes must be positive: {c:?}"));
         }
-        if c.img_size % c.patch_size != 0 {
+        if !c.img_size.is_multiple_of(c.patch_size) {
             return invalid(
                 OP,
                 format!("image size {} is not a multiple of the patch size {}", c.img_size, c.patch_size),
             );
         }
-        if c.embed_dim % c.heads != 0 {
+        if !c.embed_dim.is_multiple_of(c.heads) {
             return invalid(OP, format!("width {} is not a multiple of the {} heads", c.embed_dim, c.heads));
         }
         if c.mlp_ratio.is_nan() || c.mlp_ratio <= 0.0 || (c.embed_dim as f64 * c.mlp_ratio) < 1.0 {
@@ -223,7 +223,7 @@ pub fn patchify<B: Backend>(b: &B, image: &Tensor<B>, p: usize) -> Result<Tensor
     const OP: &str = "patchify";
     check_nonempty(OP, image.shape(), 4)?;
     let s = image.shape();
-    if s.len() != 4 || p == 0 || s[2] % p != 0 || s[3] % p != 0 {
+    if s.len() != 4 || p == 0 || !s[2].is_multiple_of(p) || !s[3].is_multiple_of(p) {
         return shape_err(OP, format!("image {s:?} is not [n, c, h, w] with h and w multiples of {p}"));
     }
     let (nb, c, gh, gw) = (s[0], s[1], s[2] / p, s[3] / p);

@@ -93,14 +93,7 @@ impl<T: Element> Backend for Reference<T> {
         Ok(())
     }
 
-    fn conv2d(
-        &self,
-        p: &Conv2d,
-        x: B<'_, T>,
-        w: B<'_, T>,
-        bias: Option<B<'_, T>>,
-        y: M<'_, T>,
-    ) -> Result<()> {
+    fn conv2d(&self, p: &Conv2d, x: B<'_, T>, w: B<'_, T>, bias: Option<B<'_, T>>, y: M<'_, T>) -> Result<()> {
         kernels::conv2d(p, x.slice(), w.slice(), bias.map(|b| b.slice()), y.slice());
         Ok(())
     }
@@ -108,13 +101,7 @@ impl<T: Element> Backend for Reference<T> {
         kernels::conv2d_grad_input(p, dy.slice(), w.slice(), dx.slice());
         Ok(())
     }
-    fn conv2d_grad_weight(
-        &self,
-        p: &Conv2d,
-        x: B<'_, T>,
-        dy: B<'_, T>,
-        dw: M<'_, T>,
-    ) -> Result<()> {
+    fn conv2d_grad_weight(&self, p: &Conv2d, x: B<'_, T>, dy: B<'_, T>, dw: M<'_, T>) -> Result<()> {
         kernels::conv2d_grad_weight(p, x.slice(), dy.slice(), dw.slice());
         Ok(())
     }
@@ -251,14 +238,7 @@ impl<T: Element> Backend for Reference<T> {
         kernels::softmax(rows, d, x.slice(), y.slice());
         Ok(())
     }
-    fn softmax_backward(
-        &self,
-        rows: usize,
-        d: usize,
-        y: B<'_, T>,
-        dy: B<'_, T>,
-        dx: M<'_, T>,
-    ) -> Result<()> {
+    fn softmax_backward(&self, rows: usize, d: usize, y: B<'_, T>, dy: B<'_, T>, dx: M<'_, T>) -> Result<()> {
         kernels::softmax_backward(rows, d, y.slice(), dy.slice(), dx.slice());
         Ok(())
     }
@@ -266,14 +246,7 @@ impl<T: Element> Backend for Reference<T> {
         kernels::log_softmax(rows, d, x.slice(), y.slice());
         Ok(())
     }
-    fn log_softmax_backward(
-        &self,
-        rows: usize,
-        d: usize,
-        y: B<'_, T>,
-        dy: B<'_, T>,
-        dx: M<'_, T>,
-    ) -> Result<()> {
+    fn log_softmax_backward(&self, rows: usize, d: usize, y: B<'_, T>, dy: B<'_, T>, dx: M<'_, T>) -> Result<()> {
         kernels::log_softmax_backward(rows, d, y.slice(), dy.slice(), dx.slice());
         Ok(())
     }
@@ -299,13 +272,7 @@ impl<T: Element> Backend for Reference<T> {
         kernels::max_pool2d(p, x.slice(), y.slice(), idx.slice());
         Ok(())
     }
-    fn max_pool2d_backward(
-        &self,
-        p: &Pool2d,
-        dy: B<'_, T>,
-        idx: I<'_>,
-        dx: M<'_, T>,
-    ) -> Result<()> {
+    fn max_pool2d_backward(&self, p: &Pool2d, dy: B<'_, T>, idx: I<'_>, dx: M<'_, T>) -> Result<()> {
         kernels::max_pool2d_backward(p, dy.slice(), idx.slice(), dx.slice());
         Ok(())
     }
@@ -321,25 +288,11 @@ impl<T: Element> Backend for Reference<T> {
         kernels::global_avg_pool(nc, hw, x.slice(), y.slice());
         Ok(())
     }
-    fn global_avg_pool_backward(
-        &self,
-        nc: usize,
-        hw: usize,
-        dy: B<'_, T>,
-        dx: M<'_, T>,
-    ) -> Result<()> {
+    fn global_avg_pool_backward(&self, nc: usize, hw: usize, dy: B<'_, T>, dx: M<'_, T>) -> Result<()> {
         kernels::global_avg_pool_backward(nc, hw, dy.slice(), dx.slice());
         Ok(())
     }
-    fn upsample_nearest(
-        &self,
-        nc: usize,
-        h: usize,
-        w: usize,
-        scale: usize,
-        x: B<'_, T>,
-        y: M<'_, T>,
-    ) -> Result<()> {
+    fn upsample_nearest(&self, nc: usize, h: usize, w: usize, scale: usize, x: B<'_, T>, y: M<'_, T>) -> Result<()> {
         kernels::upsample_nearest(nc, h, w, scale, x.slice(), y.slice());
         Ok(())
     }
@@ -375,15 +328,7 @@ impl<T: Element> Backend for Reference<T> {
         out: M<'_, T>,
         out_shape: &[usize],
     ) -> Result<()> {
-        kernels::binary(
-            op,
-            a.slice(),
-            a_shape,
-            b.slice(),
-            b_shape,
-            out.slice(),
-            out_shape,
-        );
+        kernels::binary(op, a.slice(), a_shape, b.slice(), b_shape, out.slice(), out_shape);
         Ok(())
     }
     fn unary(&self, op: UnaryOp, x: B<'_, T>, y: M<'_, T>) -> Result<()> {
@@ -398,15 +343,7 @@ impl<T: Element> Backend for Reference<T> {
         kernels::axpy(alpha, x.slice(), y.slice());
         Ok(())
     }
-    fn reduce(
-        &self,
-        op: ReduceOp,
-        outer: usize,
-        axis: usize,
-        inner: usize,
-        x: B<'_, T>,
-        y: M<'_, T>,
-    ) -> Result<()> {
+    fn reduce(&self, op: ReduceOp, outer: usize, axis: usize, inner: usize, x: B<'_, T>, y: M<'_, T>) -> Result<()> {
         kernels::reduce(op, outer, axis, inner, x.slice(), y.slice());
         Ok(())
     }
@@ -436,17 +373,7 @@ impl<T: Element> Backend for Reference<T> {
         dvar: B<'_, T>,
         dx: M<'_, T>,
     ) -> Result<()> {
-        kernels::window_stats_backward(
-            nc,
-            h,
-            w,
-            k,
-            x.slice(),
-            mean.slice(),
-            dmean.slice(),
-            dvar.slice(),
-            dx.slice(),
-        );
+        kernels::window_stats_backward(nc, h, w, k, x.slice(), mean.slice(), dmean.slice(), dvar.slice(), dx.slice());
         Ok(())
     }
 
@@ -470,14 +397,7 @@ impl<T: Element> Backend for Reference<T> {
         dloss: B<'_, T>,
         dlogits: M<'_, T>,
     ) -> Result<()> {
-        kernels::cross_entropy_backward(
-            rows,
-            classes,
-            logits.slice(),
-            targets.slice(),
-            dloss.slice(),
-            dlogits.slice(),
-        );
+        kernels::cross_entropy_backward(rows, classes, logits.slice(), targets.slice(), dloss.slice(), dlogits.slice());
         Ok(())
     }
     fn bce_with_logits(&self, logits: B<'_, T>, targets: B<'_, T>, loss: M<'_, T>) -> Result<()> {
@@ -491,25 +411,14 @@ impl<T: Element> Backend for Reference<T> {
         dloss: B<'_, T>,
         dlogits: M<'_, T>,
     ) -> Result<()> {
-        kernels::bce_with_logits_backward(
-            logits.slice(),
-            targets.slice(),
-            dloss.slice(),
-            dlogits.slice(),
-        );
+        kernels::bce_with_logits_backward(logits.slice(), targets.slice(), dloss.slice(), dlogits.slice());
         Ok(())
     }
     fn l1_loss(&self, pred: B<'_, T>, target: B<'_, T>, loss: M<'_, T>) -> Result<()> {
         kernels::l1_loss(pred.slice(), target.slice(), loss.slice());
         Ok(())
     }
-    fn l1_loss_backward(
-        &self,
-        pred: B<'_, T>,
-        target: B<'_, T>,
-        dloss: B<'_, T>,
-        dpred: M<'_, T>,
-    ) -> Result<()> {
+    fn l1_loss_backward(&self, pred: B<'_, T>, target: B<'_, T>, dloss: B<'_, T>, dpred: M<'_, T>) -> Result<()> {
         kernels::l1_loss_backward(pred.slice(), target.slice(), dloss.slice(), dpred.slice());
         Ok(())
     }
@@ -517,13 +426,7 @@ impl<T: Element> Backend for Reference<T> {
         kernels::l2_loss(pred.slice(), target.slice(), loss.slice());
         Ok(())
     }
-    fn l2_loss_backward(
-        &self,
-        pred: B<'_, T>,
-        target: B<'_, T>,
-        dloss: B<'_, T>,
-        dpred: M<'_, T>,
-    ) -> Result<()> {
+    fn l2_loss_backward(&self, pred: B<'_, T>, target: B<'_, T>, dloss: B<'_, T>, dpred: M<'_, T>) -> Result<()> {
         kernels::l2_loss_backward(pred.slice(), target.slice(), dloss.slice(), dpred.slice());
         Ok(())
     }
@@ -538,15 +441,7 @@ impl<T: Element> Backend for Reference<T> {
         logits: B<'_, T>,
         out: IM<'_>,
     ) -> Result<()> {
-        kernels::sample_categorical(
-            rows,
-            classes,
-            temperature,
-            seed,
-            offset,
-            logits.slice(),
-            out.slice(),
-        );
+        kernels::sample_categorical(rows, classes, temperature, seed, offset, logits.slice(), out.slice());
         Ok(())
     }
     fn rand_uniform(&self, seed: u64, offset: u64, out: M<'_, T>) -> Result<()> {
@@ -578,15 +473,7 @@ impl<T: Element> Backend for Reference<T> {
         grad_scale: Option<B<'_, T>>,
     ) -> Result<()> {
         let scale = grad_scale.map(|s| s.slice()[0]).unwrap_or(T::one());
-        kernels::adamw(
-            hp,
-            groups,
-            params.slice(),
-            grads.slice(),
-            m.slice(),
-            v.slice(),
-            scale,
-        );
+        kernels::adamw(hp, groups, params.slice(), grads.slice(), m.slice(), v.slice(), scale);
         Ok(())
     }
 }

@@ -19,6 +19,8 @@ const COL_BLOCK: usize = 1 << 18;
 const MIN_BLOCK: usize = 32;
 /// Floats all the per-worker weight-gradient partial sums may take (256 MiB).
 const PARTIAL_BUDGET: usize = 1 << 26;
+/// Convolutions of fewer flops run on the calling thread.
+const SEQ_FLOPS: f64 = 4.0e6;
 
 #[derive(Clone, Copy, Debug)]
 struct Geom {
@@ -71,9 +73,7 @@ impl Geom {
 
     fn check(&self, x: usize, w: usize, y: usize) {
         assert!(
-            x >= self.n * self.c_in * self.hw
-                && w >= self.c_out * self.kk
-                && y >= self.n * self.c_out * self.l,
+            x >= self.n * self.c_in * self.hw && w >= self.c_out * self.kk && y >= self.n * self.c_out * self.l,
             "conv2d: buffer shorter than its shape"
         );
     }
@@ -93,16 +93,8 @@ impl Geom {
     /// inside the image.
     #[inline]
     fn valid_ox(&self, kj: usize) -> (usize, usize) {
-        let lo = if self.pw > kj {
-            ceil_div(self.pw - kj, self.sw)
-        } else {
-            0
-        };
-        let hi = if self.w + self.pw > kj {
-            ceil_div(self.w + self.pw - kj, self.sw)
-        } else {
-            0
-        };
+        let lo = if self.pw > kj { ceil_div(self.pw - kj, self.sw) } else { 0 };
+        let hi = if self.w + self.pw > kj { ceil_div(self.w + self.pw - kj, self.sw) } else { 0 };
         (lo, hi)
     }
 
@@ -155,7 +147,9 @@ fn im2col(g: &Geom, x: &[f32], c0: usize, c1: usize, l0: usize, l1: usize, col: 
                     seg[..a - ox0].fill(0.0);
                     seg[b - ox0..].fill(0.0);
                     let out = &mut seg[a - ox0..b - ox0];
-                    if g.sw == 1 {
+                    if a == b {
+                        // No input column of this kernel tap falls on the segment.
+                    } else if g.sw == 1 {
                         let s0 = a + kj - g.pw;
                         out.copy_from_slice(&src[s0..s0 + (b - a)]);
                     } else {
@@ -189,7 +183,9 @@ fn col2im(g: &Geom, col: &[f32], nch: usize, l0: usize, l1: usize, dx: &mut [f32
                     let b = hi.clamp(a, ox1);
                     let seg = &src[off + (a - ox0)..off + (b - ox0)];
                     let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
-                    if g.sw == 1 {
+                    if a == b {
+                        // Nothing to add.
+                    } else if g.sw == 1 {
                         let s0 = a + kj - g.pw;
                         for (d, v) in dst[s0..s0 + (b - a)].iter_mut().zip(seg) {
                             *d += v;
@@ -206,6 +202,15 @@ fn col2im(g: &Geom, col: &[f32], nch: usize, l0: usize, l1: usize, dx: &mut [f32
 }
 
 impl Cpu {
+    /// Workers worth using for `p`: one for small problems.
+    fn conv_threads(&self, p: &Conv2d) -> usize {
+        if p.flops() < SEQ_FLOPS {
+            1
+        } else {
+            self.threads()
+        }
+    }
+
     pub(crate) fn conv2d_impl(
         &self,
         p: &Conv2d,
@@ -220,12 +225,8 @@ impl Cpu {
         }
         g.check(x.len(), w.len(), y.len());
         assert!(bias.is_none_or(|b| b.len() >= g.c_out), "conv2d: short bias");
-        let threads = self.threads();
-        let cap = if g.pointwise {
-            g.l
-        } else {
-            (COL_BLOCK / g.kk.max(1)).max(64)
-        };
+        let threads = self.conv_threads(p);
+        let cap = if g.pointwise { g.l } else { (COL_BLOCK / g.kk.max(1)).max(64) };
         let lb = block_len(g.l, cap, g.n, 2 * threads);
         let nlb = ceil_div(g.l, lb);
         let img_tasks = g.n * nlb;
@@ -239,7 +240,7 @@ impl Cpu {
         let ncb = ceil_div(g.c_out, cb);
         let scratch = if g.pointwise { 0 } else { g.kk * lb };
         let yp = SyncPtr::new(y);
-        self.tasks::<f32>(g.n * nlb * ncb, scratch, |t, col| {
+        self.tasks::<f32>(threads, g.n * nlb * ncb, scratch, |t, col| {
             let i = t / (nlb * ncb);
             let (bl, bc) = ((t / ncb) % nlb, t % ncb);
             let (l0, l1) = (bl * lb, ((bl + 1) * lb).min(g.l));
@@ -271,10 +272,9 @@ impl Cpu {
             // rows co0..co1, columns l0..l1 of image i.
             unsafe { mm.run() };
             if let Some(bias) = bias {
-                for co in co0..co1 {
+                for (co, &bv) in bias.iter().enumerate().take(co1).skip(co0) {
                     // SAFETY: as above.
                     let row = unsafe { yp.slice((i * g.c_out + co) * g.l + l0, l1 - l0) };
-                    let bv = bias[co];
                     for v in row {
                         *v += bv;
                     }
@@ -283,25 +283,19 @@ impl Cpu {
         })
     }
 
-    pub(crate) fn conv2d_grad_input_impl(
-        &self,
-        p: &Conv2d,
-        dy: &[f32],
-        w: &[f32],
-        dx: &mut [f32],
-    ) -> Result<()> {
+    pub(crate) fn conv2d_grad_input_impl(&self, p: &Conv2d, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
         let g = Geom::new(p);
         if g.n == 0 || g.c_in == 0 || g.hw == 0 {
             return Ok(());
         }
         g.check(dx.len(), w.len(), dy.len());
-        let threads = self.threads();
+        let threads = self.conv_threads(p);
         let dxp = SyncPtr::new(dx);
         if g.pointwise {
             // dx_i[:, block] = Wᵀ · dy_i[:, block], straight into dx.
             let lb = block_len(g.l, g.l, g.n, 2 * threads);
             let nlb = ceil_div(g.l, lb);
-            return self.tasks::<f32>(g.n * nlb, 0, |t, _| {
+            return self.tasks::<f32>(threads, g.n * nlb, 0, |t, _| {
                 let (i, bl) = (t / nlb, t % nlb);
                 let (l0, l1) = (bl * lb, ((bl + 1) * lb).min(g.l));
                 let mm = Mm {
@@ -332,7 +326,7 @@ impl Cpu {
         let ncb = ceil_div(g.c_in, cib);
         let rows = cib * g.khw;
         let lb = g.l.min((COL_BLOCK / rows.max(1)).max(64));
-        self.tasks::<f32>(g.n * ncb, rows * lb, |t, col| {
+        self.tasks::<f32>(threads, g.n * ncb, rows * lb, |t, col| {
             let (i, bc) = (t / ncb, t % ncb);
             let (ci0, ci1) = (bc * cib, ((bc + 1) * cib).min(g.c_in));
             // SAFETY: this task alone touches channels ci0..ci1 of image i.
@@ -365,25 +359,15 @@ impl Cpu {
         })
     }
 
-    pub(crate) fn conv2d_grad_weight_impl(
-        &self,
-        p: &Conv2d,
-        x: &[f32],
-        dy: &[f32],
-        dw: &mut [f32],
-    ) -> Result<()> {
+    pub(crate) fn conv2d_grad_weight_impl(&self, p: &Conv2d, x: &[f32], dy: &[f32], dw: &mut [f32]) -> Result<()> {
         let g = Geom::new(p);
         let wl = g.c_out * g.kk;
         if wl == 0 || g.n == 0 || g.l == 0 {
             return Ok(());
         }
         g.check(x.len(), dw.len(), dy.len());
-        let threads = self.threads();
-        let cap = if g.pointwise {
-            g.l
-        } else {
-            (COL_BLOCK / g.kk).max(64)
-        };
+        let threads = self.conv_threads(p);
+        let cap = if g.pointwise { g.l } else { (COL_BLOCK / g.kk).max(64) };
         let lb = block_len(g.l, cap, g.n, threads);
         let nlb = ceil_div(g.l, lb);
         let ntasks = g.n * nlb;
@@ -394,11 +378,7 @@ impl Cpu {
         let dwp = SyncPtr::new(dw);
         let partials = self.workers(workers, |wi| -> Result<Option<Vec<f32>>> {
             let mut col = try_zeroed::<f32>(scratch)?;
-            let mut part = if wi == 0 {
-                None
-            } else {
-                Some(try_zeroed::<f32>(wl)?)
-            };
+            let mut part = if wi == 0 { None } else { Some(try_zeroed::<f32>(wl)?) };
             let target = match &mut part {
                 Some(v) => v.as_mut_ptr(),
                 None => dwp.ptr(),
@@ -465,11 +445,7 @@ impl Cpu {
                 *d += chan(co);
             }
         } else {
-            self.install(|| {
-                db.par_iter_mut()
-                    .enumerate()
-                    .for_each(|(co, d)| *d += chan(co))
-            });
+            self.install(|| db.par_iter_mut().enumerate().for_each(|(co, d)| *d += chan(co)));
         }
     }
 }

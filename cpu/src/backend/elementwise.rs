@@ -7,43 +7,26 @@ use cim_core::backend::BinaryOp;
 use cim_core::reference::kernels;
 use rayon::prelude::*;
 
-const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// `1 / sqrt(2π)`.
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
+/// `gelu(x) = x · Φ(x)`, with `Φ` from `erfc` so that the negative tail keeps its
+/// relative accuracy (`1 + erf` would cancel).
+#[inline(always)]
 fn gelu_slice(x: &[f32], y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
-        *y = 0.5 * x * (1.0 + math::erf(x * FRAC_1_SQRT_2));
+        *y = x * math::normal_cdf(x);
     }
 }
 
+/// `gelu'(x) = Φ(x) + x · φ(x)`.
+#[inline(always)]
 fn gelu_backward_slice(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-        let cdf = 0.5 * (1.0 + math::erf(x * FRAC_1_SQRT_2));
+        let cdf = math::normal_cdf(x);
         let pdf = FRAC_1_SQRT_2PI * math::exp(-0.5 * x * x);
         *dx = g * (cdf + x * pdf);
     }
-}
-
-/// Compile a slice kernel twice, for the baseline target and for AVX2 + FMA, and pick
-/// one at run time.
-macro_rules! dispatch {
-    ($name:ident, $base:ident, ($($arg:ident: $ty:ty),*)) => {
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) {
-                    $base($($arg),*)
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports the enabled features.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $base($($arg),*)
-        }
-    };
 }
 
 dispatch!(gelu_fast, gelu_slice, (x: &[f32], y: &mut [f32]));
@@ -117,11 +100,7 @@ fn spread(small: &[usize], out: &[usize]) -> Option<Spread> {
         }
     }
     let Some(first) = first else {
-        return Some(Spread {
-            outer: out.iter().product(),
-            mid: 1,
-            inner: 1,
-        });
+        return Some(Spread { outer: out.iter().product(), mid: 1, inner: 1 });
     };
     // Inside the run every non-trivial axis must vary.
     for i in first..=last {
@@ -229,11 +208,7 @@ impl Cpu {
         } else {
             // Rows of `inner` against the scalar small[row % mid].
             self.rows1(s.inner, full, out, |r0, x, y| {
-                for (j, (x, y)) in x
-                    .chunks_exact(s.inner)
-                    .zip(y.chunks_exact_mut(s.inner))
-                    .enumerate()
-                {
+                for (j, (x, y)) in x.chunks_exact(s.inner).zip(y.chunks_exact_mut(s.inner)).enumerate() {
                     vs(f, x, small[(r0 + j) % s.mid], y);
                 }
             });
@@ -286,11 +261,7 @@ impl Cpu {
             };
             kernels::binary(op, aa, &sa[..rank], bb, &sb[..rank], out, &os[..rank]);
         };
-        self.install(|| {
-            out.par_chunks_mut(rpc * rest)
-                .enumerate()
-                .for_each(|(i, o)| run(i * rpc, o))
-        });
+        self.install(|| out.par_chunks_mut(rpc * rest).enumerate().for_each(|(i, o)| run(i * rpc, o)));
     }
 }
 
@@ -300,11 +271,7 @@ mod tests {
 
     #[test]
     fn spreads() {
-        let s = |m, i, o| Some(Spread {
-            outer: o,
-            mid: m,
-            inner: i,
-        });
+        let s = |m, i, o| Some(Spread { outer: o, mid: m, inner: i });
         assert_eq!(spread(&[1, 5], &[3, 5]), s(5, 1, 3));
         assert_eq!(spread(&[1, 1], &[3, 5]), s(1, 1, 15));
         assert_eq!(spread(&[1, 4, 1, 1], &[2, 4, 3, 3]), s(4, 9, 2));

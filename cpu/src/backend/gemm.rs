@@ -128,11 +128,7 @@ impl Cpu {
         }
         let g = *g;
         // SAFETY: the pieces write disjoint blocks of rows or columns of `C`.
-        self.install(|| {
-            (0..parts)
-                .into_par_iter()
-                .for_each(|i| unsafe { g.piece(parts, i).run() })
-        });
+        self.install(|| (0..parts).into_par_iter().for_each(|i| unsafe { g.piece(parts, i).run() }));
     }
 
     /// The batched GEMM of the backend trait.
@@ -165,12 +161,7 @@ impl Cpu {
         let (sa, sb, sc) = (p.stride_a, p.stride_b, p.stride_c);
         let at = move |bi: usize| {
             let g = base;
-            Mm {
-                a: g.a.wrapping_add(bi * sa),
-                b: g.b.wrapping_add(bi * sb),
-                c: g.c.wrapping_add(bi * sc),
-                ..g
-            }
+            Mm { a: g.a.wrapping_add(bi * sa), b: g.b.wrapping_add(bi * sb), c: g.c.wrapping_add(bi * sc), ..g }
         };
         let threads = self.threads();
         let overlap = p.batch > 1 && p.stride_c < p.m * p.n;
@@ -182,18 +173,10 @@ impl Cpu {
             }
             return;
         }
-        let per = if p.batch >= 2 * threads {
-            1
-        } else {
-            base.pieces(ceil_div(2 * threads, p.batch))
-        };
+        let per = if p.batch >= 2 * threads { 1 } else { base.pieces(ceil_div(2 * threads, p.batch)) };
         let tasks = p.batch * per;
         // SAFETY: spans checked above; distinct batch entries write disjoint matrices
         // of C (no overlap), and pieces of one matrix write disjoint blocks.
-        self.install(|| {
-            (0..tasks)
-                .into_par_iter()
-                .for_each(|t| unsafe { at(t / per).piece(per, t % per).run() })
-        });
+        self.install(|| (0..tasks).into_par_iter().for_each(|t| unsafe { at(t / per).piece(per, t % per).run() }));
     }
 }

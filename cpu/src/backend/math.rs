@@ -139,44 +139,79 @@ pub(crate) fn exp(x: f32) -> f32 {
     }
 }
 
-/// `erf(x)` in `f32` by a rational approximation (Eigen's `generic_fast_erf_float`),
-/// within a few ulp of `erff`; branch-free.
+/// `erfc(z)` for `z ≥ 0` with a small *relative* error everywhere (Numerical Recipes'
+/// `erfcc`, a Chebyshev fit with fractional error below 1.1e-7, plus `f32` rounding);
+/// branch-free. Relative accuracy in the tail is what `Φ(x)` for negative `x` needs,
+/// where `1 + erf(x)` would cancel. `z2` is `z²`, passed in so that callers can form
+/// it with one rounding; its rounding error `≈ z²·2⁻²⁴` is the relative error of the
+/// result in the far tail.
 #[allow(clippy::excessive_precision)]
 #[inline(always)]
-pub(crate) fn erf(x: f32) -> f32 {
-    let x = if x > 4.0 { 4.0 } else { x };
-    let x = if x < -4.0 { -4.0 } else { x };
-    let x2 = x * x;
-    let mut p = -2.726_142_258_013_06e-10f32;
-    p = p * x2 + 2.770_681_424_959_02e-8;
-    p = p * x2 + -2.101_024_020_825_08e-6;
-    p = p * x2 + -5.692_506_394_623_46e-5;
-    p = p * x2 + -7.349_906_303_268_55e-4;
-    p = p * x2 + -2.954_599_808_540_25e-3;
-    p = p * x2 + -1.609_603_332_624_15e-2;
-    let p = x * p;
-    let mut q = -1.456_607_184_649_96e-5f32;
-    q = q * x2 + -2.133_740_552_789_05e-4;
-    q = q * x2 + -1.682_826_974_382_03e-3;
-    q = q * x2 + -7.373_329_167_204_68e-3;
-    q = q * x2 + -1.426_473_905_141_89e-2;
-    p / q
+pub(crate) fn erfc_pos(z: f32, z2: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let mut p = 0.170_872_77f32;
+    p = p * t - 0.822_152_23;
+    p = p * t + 1.488_515_87;
+    p = p * t - 1.135_203_98;
+    p = p * t + 0.278_868_07;
+    p = p * t - 0.186_288_06;
+    p = p * t + 0.096_784_18;
+    p = p * t + 0.374_091_96;
+    p = p * t + 1.000_023_68;
+    p = p * t - 1.265_512_23;
+    t * exp(p - z2)
+}
+
+/// `erf(z)` for `|z| ≤ 0.75` by its Taylor series (ten terms: truncation below 1e-9).
+#[allow(clippy::excessive_precision)]
+#[inline(always)]
+fn erf_small(z: f32, z2: f32) -> f32 {
+    let mut p = -1.0f32 / 6_894_720.0; // (-1)^9 / (9! · 19)
+    p = p * z2 + 1.0 / 685_440.0;
+    p = p * z2 - 1.0 / 75_600.0;
+    p = p * z2 + 1.0 / 9_360.0;
+    p = p * z2 - 1.0 / 1_320.0;
+    p = p * z2 + 1.0 / 216.0;
+    p = p * z2 - 1.0 / 42.0;
+    p = p * z2 + 1.0 / 10.0;
+    p = p * z2 - 1.0 / 3.0;
+    p = p * z2 + 1.0;
+    std::f32::consts::FRAC_2_SQRT_PI * z * p
+}
+
+/// The standard normal CDF `Φ(x) = (1 + erf(x/√2)) / 2`: by the Taylor series of `erf`
+/// near 0 and by [`erfc_pos`] beyond, so that the negative tail keeps its relative
+/// accuracy. Branch-free (both are computed, one is selected).
+#[inline(always)]
+pub(crate) fn normal_cdf(x: f32) -> f32 {
+    let z = x * std::f32::consts::FRAC_1_SQRT_2;
+    // z² = x²/2 with one rounding: in the far tail its error sets the result's.
+    let z2 = 0.5 * (x * x);
+    let near = 0.5 + 0.5 * erf_small(z, z2);
+    let half_tail = 0.5 * erfc_pos(z.abs(), z2);
+    let far = if x < 0.0 { half_tail } else { 1.0 - half_tail };
+    if z2 < 0.5625 {
+        near
+    } else {
+        far
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cim_core::Element;
 
     fn ulps(a: f32, b: f32) -> i64 {
         (a.to_bits() as i32 as i64 - b.to_bits() as i32 as i64).abs()
     }
 
     #[test]
-    fn exp_matches_libm() {
+    fn exp_is_within_2_ulp() {
         let mut worst = 0;
         let mut x = -87.0f32;
         while x < 88.0 {
-            let u = ulps(exp(x), libm::expf(x));
+            let u = ulps(exp(x), (x as f64).exp() as f32);
             worst = worst.max(u);
             x += 0.000_731;
         }
@@ -189,16 +224,30 @@ mod tests {
     }
 
     #[test]
-    fn erf_matches_libm() {
-        let mut worst = 0f32;
-        let mut x = -6.0f32;
-        while x < 6.0 {
-            let d = (erf(x) - libm::erff(x)).abs();
-            worst = worst.max(d / libm::erff(x).abs().max(1e-3));
+    fn normal_cdf_is_accurate() {
+        // Relative error for x < 0 (where gelu needs it), absolute error everywhere.
+        let (mut rel_mid, mut rel_tail, mut abs) = (0f64, 0f64, 0f64);
+        let mut x = -12.0f32;
+        while x < 8.0 {
+            let want = 0.5 * (1.0 + Element::erf(x as f64 / std::f64::consts::SQRT_2));
+            let got = normal_cdf(x) as f64;
+            let rel = (got - want).abs() / want;
+            // (1 + erf in f64 keeps ~1e-8 relative accuracy down to x = -5.5.)
+            if (-3.0..0.0).contains(&x) {
+                rel_mid = rel_mid.max(rel);
+            } else if (-5.5..-3.0).contains(&x) {
+                rel_tail = rel_tail.max(rel);
+            }
+            abs = abs.max((got - want).abs());
             x += 0.000_37;
         }
-        assert!(worst < 1e-6, "erf worst relative error {worst}");
-        assert!(erf(f32::NAN).is_nan());
+        assert!(rel_mid < 8e-7, "Φ relative error {rel_mid} on [-3, 0)");
+        assert!(rel_tail < 1.5e-6, "Φ relative error {rel_tail} on [-5.5, -3)");
+        assert!(abs < 1e-7, "Φ absolute error {abs}");
+        assert!(normal_cdf(f32::NAN).is_nan());
+        assert_eq!(normal_cdf(f32::INFINITY), 1.0);
+        assert_eq!(normal_cdf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(normal_cdf(0.0), 0.5);
     }
 
     #[test]

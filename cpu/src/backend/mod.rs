@@ -1,5 +1,18 @@
 //! The fast CPU backend: `f32` on host memory, parallel with rayon.
+//!
+//! | ops | how |
+//! | --- | --- |
+//! | `gemm` | `matrixmultiply::sgemm` (transposes as strides), split over the batch and over row or column blocks of `C` ([`gemm`]) |
+//! | `conv2d*` | blocked im2col + GEMM per (image, pixel block), per-worker scratch; 1×1 stride-1 convolutions skip im2col; weight gradients in per-worker partial sums ([`conv`]) |
+//! | layer norm, batch norm | own kernels, parallel over rows / channels ([`norm`]) |
+//! | softmax, log-softmax, cross-entropy | own kernels with a vectorizable `exp`, AVX2 when available ([`rows`]) |
+//! | GELU, `affine`, `axpy`, `binary` (same shape and one-run broadcasts) | own kernels ([`elementwise`]) |
+//! | `sum_squares`, `adamw` | own kernels ([`optim`]) |
+//! | `window_stats` | summed-area tables in `f64` ([`window`]) |
+//! | everything else | the reference kernel, run in parallel over independent rows, planes or chunks where its contract allows, else as is |
 
+#[macro_use]
+mod simd;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -29,20 +42,24 @@ use std::sync::{Arc, Once};
 /// sets `MATMUL_NUM_THREADS=1` (unless the variable is already set) so that
 /// `matrixmultiply`'s own, smaller pool does not compete with rayon's.
 ///
-/// Results agree with [`cim_core::Reference`] to rounding; the sums that feed parameter
-/// gradients are deterministic for a given thread count. `sample_categorical` and
-/// `rand_uniform` give exactly the reference's values.
-#[derive(Clone, Default)]
+/// Results agree with [`cim_core::Reference`] to rounding. Every result is
+/// deterministic for a given thread count (reductions use fixed partitions and fixed
+/// orders, never work-stealing order). The delegated ops, `sample_categorical` and
+/// `rand_uniform` among them, give exactly the reference's values.
+#[derive(Clone)]
 pub struct Cpu {
     pool: Option<Arc<ThreadPool>>,
 }
 
+impl Default for Cpu {
+    fn default() -> Cpu {
+        Cpu::new()
+    }
+}
+
 impl std::fmt::Debug for Cpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cpu")
-            .field("threads", &self.threads())
-            .field("own_pool", &self.pool.is_some())
-            .finish()
+        f.debug_struct("Cpu").field("threads", &self.threads()).field("own_pool", &self.pool.is_some()).finish()
     }
 }
 
@@ -77,9 +94,7 @@ impl Cpu {
                 backend: "cpu".into(),
                 detail: format!("cannot start a pool of {threads} threads: {e}"),
             })?;
-        Ok(Cpu {
-            pool: Some(Arc::new(pool)),
-        })
+        Ok(Cpu { pool: Some(Arc::new(pool)) })
     }
 
     /// The number of worker threads the backend spreads work over.
@@ -155,20 +170,18 @@ impl Backend for Cpu {
     }
 
     // ---- linear algebra -----------------------------------------------------------------
+    fn permute(&self, shape: &[usize], perm: &[usize], x: B<'_>, y: M<'_>) -> Result<()> {
+        kernels::permute(shape, perm, x.slice(), y.slice());
+        Ok(())
+    }
+
     fn gemm(&self, p: &Gemm, a: B<'_>, b: B<'_>, c: M<'_>) -> Result<()> {
         self.gemm_impl(p, a.slice(), b.slice(), c.slice());
         Ok(())
     }
 
     // ---- convolution --------------------------------------------------------------------
-    fn conv2d(
-        &self,
-        p: &Conv2d,
-        x: B<'_>,
-        w: B<'_>,
-        bias: Option<B<'_>>,
-        y: M<'_>,
-    ) -> Result<()> {
+    fn conv2d(&self, p: &Conv2d, x: B<'_>, w: B<'_>, bias: Option<B<'_>>, y: M<'_>) -> Result<()> {
         self.conv2d_impl(p, x.slice(), w.slice(), bias.map(|b| b.slice()), y.slice())
     }
     fn conv2d_grad_input(&self, p: &Conv2d, dy: B<'_>, w: B<'_>, dx: M<'_>) -> Result<()> {
@@ -311,14 +324,7 @@ impl Backend for Cpu {
         self.softmax_impl(d, x.slice(), y.slice());
         Ok(())
     }
-    fn softmax_backward(
-        &self,
-        _rows: usize,
-        d: usize,
-        y: B<'_>,
-        dy: B<'_>,
-        dx: M<'_>,
-    ) -> Result<()> {
+    fn softmax_backward(&self, _rows: usize, d: usize, y: B<'_>, dy: B<'_>, dx: M<'_>) -> Result<()> {
         self.softmax_backward_impl(d, y.slice(), dy.slice(), dx.slice());
         Ok(())
     }
@@ -326,14 +332,7 @@ impl Backend for Cpu {
         self.log_softmax_impl(d, x.slice(), y.slice());
         Ok(())
     }
-    fn log_softmax_backward(
-        &self,
-        _rows: usize,
-        d: usize,
-        y: B<'_>,
-        dy: B<'_>,
-        dx: M<'_>,
-    ) -> Result<()> {
+    fn log_softmax_backward(&self, _rows: usize, d: usize, y: B<'_>, dy: B<'_>, dx: M<'_>) -> Result<()> {
         self.log_softmax_backward_impl(d, y.slice(), dy.slice(), dx.slice());
         Ok(())
     }
@@ -366,15 +365,12 @@ impl Backend for Cpu {
             return Ok(());
         }
         self.install(|| {
-            y.par_chunks_mut(ppc * op)
-                .zip(idx.par_chunks_mut(ppc * op))
-                .enumerate()
-                .for_each(|(i, (y, idx))| {
-                    let np = y.len() / op;
-                    let q = Pool2d { n: 1, c: np, ..*p };
-                    let x = &x[i * ppc * ip..(i * ppc + np) * ip];
-                    kernels::max_pool2d(&q, x, y, idx);
-                })
+            y.par_chunks_mut(ppc * op).zip(idx.par_chunks_mut(ppc * op)).enumerate().for_each(|(i, (y, idx))| {
+                let np = y.len() / op;
+                let q = Pool2d { n: 1, c: np, ..*p };
+                let x = &x[i * ppc * ip..(i * ppc + np) * ip];
+                kernels::max_pool2d(&q, x, y, idx);
+            })
         });
         Ok(())
     }
@@ -430,15 +426,7 @@ impl Backend for Cpu {
         });
         Ok(())
     }
-    fn upsample_nearest(
-        &self,
-        _nc: usize,
-        h: usize,
-        w: usize,
-        scale: usize,
-        x: B<'_>,
-        y: M<'_>,
-    ) -> Result<()> {
+    fn upsample_nearest(&self, _nc: usize, h: usize, w: usize, scale: usize, x: B<'_>, y: M<'_>) -> Result<()> {
         let (x, y) = (x.slice(), y.slice());
         let (ip, op) = (h * w, h * w * scale * scale);
         if op == 0 {
@@ -466,14 +454,7 @@ impl Backend for Cpu {
         }
         self.chunks_mut(dx, units(op) * ip, |off, dx| {
             let (p0, np) = (off / ip, dx.len() / ip);
-            kernels::upsample_nearest_backward(
-                np,
-                h,
-                w,
-                scale,
-                &dy[p0 * op..(p0 + np) * op],
-                dx,
-            );
+            kernels::upsample_nearest_backward(np, h, w, scale, &dy[p0 * op..(p0 + np) * op], dx);
         });
         Ok(())
     }
@@ -506,15 +487,7 @@ impl Backend for Cpu {
         out: M<'_>,
         out_shape: &[usize],
     ) -> Result<()> {
-        self.binary_impl(
-            op,
-            a.slice(),
-            a_shape,
-            b.slice(),
-            b_shape,
-            out.slice(),
-            out_shape,
-        );
+        self.binary_impl(op, a.slice(), a_shape, b.slice(), b_shape, out.slice(), out_shape);
         Ok(())
     }
     fn unary(&self, op: UnaryOp, x: B<'_>, y: M<'_>) -> Result<()> {
@@ -529,15 +502,7 @@ impl Backend for Cpu {
         self.axpy_impl(alpha, x.slice(), y.slice());
         Ok(())
     }
-    fn reduce(
-        &self,
-        op: ReduceOp,
-        _outer: usize,
-        axis: usize,
-        inner: usize,
-        x: B<'_>,
-        y: M<'_>,
-    ) -> Result<()> {
+    fn reduce(&self, op: ReduceOp, _outer: usize, axis: usize, inner: usize, x: B<'_>, y: M<'_>) -> Result<()> {
         let (x, y) = (x.slice(), y.slice());
         if inner == 0 {
             return Ok(());
@@ -551,16 +516,7 @@ impl Backend for Cpu {
     }
 
     // ---- RESPIX sliding-window statistics -----------------------------------------------
-    fn window_stats(
-        &self,
-        nc: usize,
-        h: usize,
-        w: usize,
-        k: usize,
-        x: B<'_>,
-        mean: M<'_>,
-        var: M<'_>,
-    ) -> Result<()> {
+    fn window_stats(&self, nc: usize, h: usize, w: usize, k: usize, x: B<'_>, mean: M<'_>, var: M<'_>) -> Result<()> {
         let (x, mean, var) = (x.slice(), mean.slice(), var.slice());
         if k == 0 {
             kernels::window_stats(nc, h, w, k, x, mean, var);
@@ -580,13 +536,7 @@ impl Backend for Cpu {
         dvar: B<'_>,
         dx: M<'_>,
     ) -> Result<()> {
-        let (x, mean, dmean, dvar, dx) = (
-            x.slice(),
-            mean.slice(),
-            dmean.slice(),
-            dvar.slice(),
-            dx.slice(),
-        );
+        let (x, mean, dmean, dvar, dx) = (x.slice(), mean.slice(), dmean.slice(), dvar.slice(), dx.slice());
         let hw = h * w;
         if hw == 0 {
             return Ok(());
@@ -611,14 +561,7 @@ impl Backend for Cpu {
     }
 
     // ---- losses -------------------------------------------------------------------------
-    fn cross_entropy(
-        &self,
-        _rows: usize,
-        classes: usize,
-        logits: B<'_>,
-        targets: I<'_>,
-        loss: M<'_>,
-    ) -> Result<()> {
+    fn cross_entropy(&self, _rows: usize, classes: usize, logits: B<'_>, targets: I<'_>, loss: M<'_>) -> Result<()> {
         self.cross_entropy_impl(classes, logits.slice(), targets.slice(), loss.slice());
         Ok(())
     }
@@ -631,78 +574,31 @@ impl Backend for Cpu {
         dloss: B<'_>,
         dlogits: M<'_>,
     ) -> Result<()> {
-        self.cross_entropy_backward_impl(
-            classes,
-            logits.slice(),
-            targets.slice(),
-            dloss.slice(),
-            dlogits.slice(),
-        );
+        self.cross_entropy_backward_impl(classes, logits.slice(), targets.slice(), dloss.slice(), dlogits.slice());
         Ok(())
     }
     fn bce_with_logits(&self, logits: B<'_>, targets: B<'_>, loss: M<'_>) -> Result<()> {
-        self.zip2(
-            logits.slice(),
-            targets.slice(),
-            loss.slice(),
-            kernels::bce_with_logits,
-        );
+        self.zip2(logits.slice(), targets.slice(), loss.slice(), kernels::bce_with_logits);
         Ok(())
     }
-    fn bce_with_logits_backward(
-        &self,
-        logits: B<'_>,
-        targets: B<'_>,
-        dloss: B<'_>,
-        dlogits: M<'_>,
-    ) -> Result<()> {
-        self.zip3(
-            logits.slice(),
-            targets.slice(),
-            dloss.slice(),
-            dlogits.slice(),
-            kernels::bce_with_logits_backward,
-        );
+    fn bce_with_logits_backward(&self, logits: B<'_>, targets: B<'_>, dloss: B<'_>, dlogits: M<'_>) -> Result<()> {
+        self.zip3(logits.slice(), targets.slice(), dloss.slice(), dlogits.slice(), kernels::bce_with_logits_backward);
         Ok(())
     }
     fn l1_loss(&self, pred: B<'_>, target: B<'_>, loss: M<'_>) -> Result<()> {
         self.zip2(pred.slice(), target.slice(), loss.slice(), kernels::l1_loss);
         Ok(())
     }
-    fn l1_loss_backward(
-        &self,
-        pred: B<'_>,
-        target: B<'_>,
-        dloss: B<'_>,
-        dpred: M<'_>,
-    ) -> Result<()> {
-        self.zip3(
-            pred.slice(),
-            target.slice(),
-            dloss.slice(),
-            dpred.slice(),
-            kernels::l1_loss_backward,
-        );
+    fn l1_loss_backward(&self, pred: B<'_>, target: B<'_>, dloss: B<'_>, dpred: M<'_>) -> Result<()> {
+        self.zip3(pred.slice(), target.slice(), dloss.slice(), dpred.slice(), kernels::l1_loss_backward);
         Ok(())
     }
     fn l2_loss(&self, pred: B<'_>, target: B<'_>, loss: M<'_>) -> Result<()> {
         self.zip2(pred.slice(), target.slice(), loss.slice(), kernels::l2_loss);
         Ok(())
     }
-    fn l2_loss_backward(
-        &self,
-        pred: B<'_>,
-        target: B<'_>,
-        dloss: B<'_>,
-        dpred: M<'_>,
-    ) -> Result<()> {
-        self.zip3(
-            pred.slice(),
-            target.slice(),
-            dloss.slice(),
-            dpred.slice(),
-            kernels::l2_loss_backward,
-        );
+    fn l2_loss_backward(&self, pred: B<'_>, target: B<'_>, dloss: B<'_>, dpred: M<'_>) -> Result<()> {
+        self.zip3(pred.slice(), target.slice(), dloss.slice(), dpred.slice(), kernels::l2_loss_backward);
         Ok(())
     }
 
@@ -763,15 +659,7 @@ impl Backend for Cpu {
         grad_scale: Option<B<'_>>,
     ) -> Result<()> {
         let scale = grad_scale.map(|s| s.slice()[0]).unwrap_or(1.0);
-        self.adamw_impl(
-            hp,
-            groups,
-            params.slice(),
-            grads.slice(),
-            m.slice(),
-            v.slice(),
-            scale,
-        );
+        self.adamw_impl(hp, groups, params.slice(), grads.slice(), m.slice(), v.slice(), scale);
         Ok(())
     }
 }

@@ -9,7 +9,8 @@ use rayon::prelude::*;
 
 /// Normalize rows of `x` into `y`, saving each row's mean and `1/sqrt(var + eps)`.
 #[allow(clippy::too_many_arguments)]
-fn layer_norm_rows(
+#[inline(always)]
+fn layer_norm_rows_base(
     d: usize,
     eps: f64,
     x: &[f32],
@@ -20,12 +21,7 @@ fn layer_norm_rows(
     rstd: &mut [f32],
 ) {
     let inv_d = 1.0 / d as f32;
-    for (((x, y), m), r) in x
-        .chunks_exact(d)
-        .zip(y.chunks_exact_mut(d))
-        .zip(mean.iter_mut())
-        .zip(rstd.iter_mut())
-    {
+    for (((x, y), m), r) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).zip(mean.iter_mut()).zip(rstd.iter_mut()) {
         let mu = math::sum(x) * inv_d;
         let var = math::sum_sq_dev(x, mu) * inv_d;
         let rs = (1.0 / (var as f64 + eps).sqrt()) as f32;
@@ -36,6 +32,72 @@ fn layer_norm_rows(
         }
     }
 }
+
+dispatch!(
+    layer_norm_rows,
+    layer_norm_rows_base,
+    (
+        d: usize,
+        eps: f64,
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        y: &mut [f32],
+        mean: &mut [f32],
+        rstd: &mut [f32]
+    )
+);
+
+/// Backward over the rows of one block: `dx = rstd · (g - mean(g) - x̂ · mean(g · x̂))`
+/// with `g = dy · gamma` (in `gbuf`), accumulating `[dgamma | dbeta]` into `acc`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn layer_norm_backward_rows_base(
+    d: usize,
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dx: &mut [f32],
+    gbuf: &mut [f32],
+    acc: &mut [f64],
+) {
+    let inv_d = 1.0 / d as f32;
+    let (ag, ab) = acc.split_at_mut(d);
+    let (gamma, g) = (&gamma[..d], &mut gbuf[..d]);
+    for ((((x, dy), dx), &mu), &rs) in
+        x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)).zip(mean).zip(rstd)
+    {
+        for ((g, &a), &b) in g.iter_mut().zip(dy).zip(gamma) {
+            *g = a * b;
+        }
+        let mg = math::sum(g) * inv_d;
+        let mgx = math::dot_dev(g, x, mu) * rs * inv_d;
+        for j in 0..d {
+            let xh = (x[j] - mu) * rs;
+            dx[j] = rs * (g[j] - mg - xh * mgx);
+            ag[j] += (dy[j] * xh) as f64;
+            ab[j] += dy[j] as f64;
+        }
+    }
+}
+
+dispatch!(
+    layer_norm_backward_rows,
+    layer_norm_backward_rows_base,
+    (
+        d: usize,
+        x: &[f32],
+        dy: &[f32],
+        gamma: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        dx: &mut [f32],
+        gbuf: &mut [f32],
+        acc: &mut [f64]
+    )
+);
 
 impl Cpu {
     #[allow(clippy::too_many_arguments)]
@@ -95,7 +157,6 @@ impl Cpu {
         let gamma = &gamma[..d];
         let workers = self.threads().min(ceil_div(rows * d, 4 * CHUNK)).max(1);
         let dxp = SyncPtr::new(dx);
-        let inv_d = 1.0 / d as f32;
         let parts = self.workers(workers, |wi| -> Result<Vec<f64>> {
             let (r0, r1) = (wi * rows / workers, (wi + 1) * rows / workers);
             // [dgamma | dbeta] partial sums, then one row of g = dy · gamma.
@@ -103,24 +164,18 @@ impl Cpu {
             let mut gbuf = try_zeroed::<f32>(d)?;
             // SAFETY: rows r0..r1 belong to this worker alone.
             let dx = unsafe { dxp.slice(r0 * d, (r1 - r0) * d) };
-            for (r, dx) in (r0..r1).zip(dx.chunks_exact_mut(d)) {
-                let x = &x[r * d..(r + 1) * d];
-                let dy = &dy[r * d..(r + 1) * d];
-                let (mu, rs) = (mean[r], rstd[r]);
-                for ((g, &a), &b) in gbuf.iter_mut().zip(dy).zip(gamma) {
-                    *g = a * b;
-                }
-                let mg = math::sum(&gbuf) * inv_d;
-                let mgx = math::dot_dev(&gbuf, x, mu) * rs * inv_d;
-                let (ag, ab) = acc.split_at_mut(d);
-                let (g, dx) = (&gbuf[..d], &mut dx[..d]);
-                for j in 0..d {
-                    let xh = (x[j] - mu) * rs;
-                    dx[j] = rs * (g[j] - mg - xh * mgx);
-                    ag[j] += (dy[j] * xh) as f64;
-                    ab[j] += dy[j] as f64;
-                }
-            }
+            let rows = r0 * d..r1 * d;
+            layer_norm_backward_rows(
+                d,
+                &x[rows.clone()],
+                &dy[rows],
+                gamma,
+                &mean[r0..r1],
+                &rstd[r0..r1],
+                dx,
+                &mut gbuf,
+                &mut acc,
+            );
             Ok(acc)
         })?;
         for (j, (dg, db)) in dgamma[..d].iter_mut().zip(&mut dbeta[..d]).enumerate() {
@@ -145,13 +200,7 @@ impl Cpu {
     }
 
     /// `f(plane, x_plane, y_plane)` over the `[n, c]` planes of `hw` elements.
-    fn planes(
-        &self,
-        hw: usize,
-        x: &[f32],
-        y: &mut [f32],
-        f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
-    ) {
+    fn planes(&self, hw: usize, x: &[f32], y: &mut [f32], f: impl Fn(usize, &[f32], &mut [f32]) + Sync) {
         if hw == 0 {
             return;
         }
@@ -237,11 +286,7 @@ impl Cpu {
         let coef: Vec<(f32, f32, f32)> = (0..c)
             .map(|ci| {
                 let invstd = 1.0 / (running_var[ci] as f64 + p.eps).sqrt();
-                (
-                    running_mean[ci],
-                    (invstd * gamma[ci] as f64) as f32,
-                    beta[ci],
-                )
+                (running_mean[ci], (invstd * gamma[ci] as f64) as f32, beta[ci])
             })
             .collect();
         self.planes(hw, &x[..len], &mut y[..len], |i, x, y| {

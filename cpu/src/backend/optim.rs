@@ -69,12 +69,7 @@ impl Cpu {
                     *p -= lr * (mh / (vh.sqrt() + eps) + wd * *p);
                 }
             };
-            let (p, gr, m, v) = (
-                &mut params[r.clone()],
-                &grads[r.clone()],
-                &mut m[r.clone()],
-                &mut v[r],
-            );
+            let (p, gr, m, v) = (&mut params[r.clone()], &grads[r.clone()], &mut m[r.clone()], &mut v[r]);
             if p.len() <= CHUNK {
                 step(p, gr, m, v);
             } else {

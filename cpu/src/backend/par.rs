@@ -21,10 +21,7 @@ unsafe impl ZeroBits for f64 {}
 unsafe impl ZeroBits for u32 {}
 
 pub(crate) fn oom(bytes: usize) -> Error {
-    Error::OutOfMemory {
-        backend: "cpu".into(),
-        bytes,
-    }
+    Error::OutOfMemory { backend: "cpu".into(), bytes }
 }
 
 /// A zero-filled vector that reports allocation failure instead of aborting. Large
@@ -87,22 +84,12 @@ impl Cpu {
         if y.len() <= CHUNK {
             f(x, y);
         } else {
-            self.install(|| {
-                x.par_chunks(CHUNK)
-                    .zip(y.par_chunks_mut(CHUNK))
-                    .for_each(|(x, y)| f(x, y))
-            });
+            self.install(|| x.par_chunks(CHUNK).zip(y.par_chunks_mut(CHUNK)).for_each(|(x, y)| f(x, y)));
         }
     }
 
     /// `y = f(a, b)` over matching chunks.
-    pub(crate) fn zip2(
-        &self,
-        a: &[f32],
-        b: &[f32],
-        y: &mut [f32],
-        f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
-    ) {
+    pub(crate) fn zip2(&self, a: &[f32], b: &[f32], y: &mut [f32], f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync) {
         if y.len() <= CHUNK {
             f(a, b, y);
         } else {
@@ -138,32 +125,17 @@ impl Cpu {
     }
 
     /// `f(start, chunk)` over chunks of `y` of `chunk` elements (`start` is the offset).
-    pub(crate) fn chunks_mut<T: Send>(
-        &self,
-        y: &mut [T],
-        chunk: usize,
-        f: impl Fn(usize, &mut [T]) + Sync,
-    ) {
+    pub(crate) fn chunks_mut<T: Send>(&self, y: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
         let chunk = chunk.max(1);
         if y.len() <= chunk {
             f(0, y);
         } else {
-            self.install(|| {
-                y.par_chunks_mut(chunk)
-                    .enumerate()
-                    .for_each(|(i, y)| f(i * chunk, y))
-            });
+            self.install(|| y.par_chunks_mut(chunk).enumerate().for_each(|(i, y)| f(i * chunk, y)));
         }
     }
 
     /// Rows of `d` elements, `rows_per_chunk` of them at a time: `f(first_row, x, y)`.
-    pub(crate) fn rows1(
-        &self,
-        d: usize,
-        x: &[f32],
-        y: &mut [f32],
-        f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
-    ) {
+    pub(crate) fn rows1(&self, d: usize, x: &[f32], y: &mut [f32], f: impl Fn(usize, &[f32], &mut [f32]) + Sync) {
         if d == 0 {
             return;
         }
@@ -173,10 +145,7 @@ impl Cpu {
             f(0, x, y);
         } else {
             self.install(|| {
-                x.par_chunks(ch)
-                    .zip(y.par_chunks_mut(ch))
-                    .enumerate()
-                    .for_each(|(i, (x, y))| f(i * rpc, x, y))
+                x.par_chunks(ch).zip(y.par_chunks_mut(ch)).enumerate().for_each(|(i, (x, y))| f(i * rpc, x, y))
             });
         }
     }
@@ -208,11 +177,12 @@ impl Cpu {
         }
     }
 
-    /// Run `ntasks` tasks on up to `threads()` workers, scheduled dynamically; each
+    /// Run `ntasks` tasks on up to `max_workers` workers, scheduled dynamically; each
     /// worker allocates one zeroed scratch buffer of `scratch_len` elements once and
     /// reuses it for all its tasks: `f(task, scratch)`.
     pub(crate) fn tasks<S: ZeroBits>(
         &self,
+        max_workers: usize,
         ntasks: usize,
         scratch_len: usize,
         f: impl Fn(usize, &mut [S]) + Sync,
@@ -220,7 +190,7 @@ impl Cpu {
         if ntasks == 0 {
             return Ok(());
         }
-        let workers = self.threads().min(ntasks);
+        let workers = max_workers.min(ntasks);
         if workers <= 1 {
             let mut s = try_zeroed::<S>(scratch_len)?;
             for t in 0..ntasks {
@@ -261,11 +231,7 @@ impl Cpu {
 
     /// Run `f(w)` for each worker `w < workers` in parallel, collecting the results in
     /// worker order.
-    pub(crate) fn workers<R: Send>(
-        &self,
-        workers: usize,
-        f: impl Fn(usize) -> Result<R> + Sync,
-    ) -> Result<Vec<R>> {
+    pub(crate) fn workers<R: Send>(&self, workers: usize, f: impl Fn(usize) -> Result<R> + Sync) -> Result<Vec<R>> {
         if workers <= 1 {
             return (0..workers).map(f).collect();
         }

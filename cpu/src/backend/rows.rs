@@ -1,141 +1,146 @@
 //! Row kernels: softmax, log-softmax and cross-entropy, parallel over blocks of rows.
 
 use super::math;
-use super::par::CHUNK;
 use super::Cpu;
-use rayon::prelude::*;
 
-fn softmax_row(x: &[f32], y: &mut [f32]) {
-    let m = math::max(x);
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = math::exp(x - m);
-    }
-    let inv = 1.0 / math::sum(y);
-    for y in y.iter_mut() {
-        *y *= inv;
+#[inline(always)]
+fn softmax_rows_base(d: usize, x: &[f32], y: &mut [f32]) {
+    for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        let m = math::max(x);
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = math::exp(x - m);
+        }
+        let inv = 1.0 / math::sum(y);
+        for y in y.iter_mut() {
+            *y *= inv;
+        }
     }
 }
 
-fn log_softmax_row(x: &[f32], y: &mut [f32]) {
-    let m = math::max(x);
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = math::exp(x - m);
-    }
-    let lse = math::sum(y).ln();
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = (x - m) - lse;
+#[inline(always)]
+fn log_softmax_rows_base(d: usize, x: &[f32], y: &mut [f32]) {
+    for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        let m = math::max(x);
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = math::exp(x - m);
+        }
+        let lse = math::sum(y).ln();
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = (x - m) - lse;
+        }
     }
 }
 
-/// `(max, Σ exp(x - max))` of a row, exponentials written to `tmp`.
-fn exp_sum(x: &[f32], tmp: &mut [f32]) -> (f32, f32) {
-    let m = math::max(x);
-    for (t, &x) in tmp.iter_mut().zip(x) {
-        *t = math::exp(x - m);
+#[inline(always)]
+fn softmax_backward_rows_base(d: usize, y: &[f32], dy: &[f32], dx: &mut [f32]) {
+    for ((y, dy), dx) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+        let s = math::dot(dy, y);
+        for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+            *dx = y * (g - s);
+        }
     }
-    (m, math::sum(&tmp[..x.len()]))
 }
+
+#[inline(always)]
+fn log_softmax_backward_rows_base(d: usize, y: &[f32], dy: &[f32], dx: &mut [f32]) {
+    for ((y, dy), dx) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+        let s = math::sum(dy);
+        for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+            *dx = g - math::exp(y) * s;
+        }
+    }
+}
+
+/// `loss[r] = ln Σ exp(x - max) - (x[t] - max)` for the rows of one block.
+#[inline(always)]
+fn cross_entropy_rows_base(classes: usize, logits: &[f32], targets: &[u32], loss: &mut [f32]) {
+    for ((x, &t), l) in logits.chunks_exact(classes).zip(targets).zip(loss.iter_mut()) {
+        let m = math::max(x);
+        let mut acc = [0f32; 8];
+        let mut it = x.chunks_exact(8);
+        for c in &mut it {
+            for k in 0..8 {
+                acc[k] += math::exp(c[k] - m);
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        for &v in it.remainder() {
+            s += math::exp(v - m);
+        }
+        *l = s.ln() - (x[t as usize] - m);
+    }
+}
+
+/// `dx = dloss · (softmax(x) - onehot(t))` for the rows of one block.
+#[inline(always)]
+fn cross_entropy_backward_rows_base(
+    classes: usize,
+    logits: &[f32],
+    targets: &[u32],
+    dloss: &[f32],
+    dlogits: &mut [f32],
+) {
+    for (((x, &t), &dl), dx) in
+        logits.chunks_exact(classes).zip(targets).zip(dloss).zip(dlogits.chunks_exact_mut(classes))
+    {
+        let m = math::max(x);
+        for (d, &x) in dx.iter_mut().zip(x) {
+            *d = math::exp(x - m);
+        }
+        let k = dl / math::sum(dx);
+        for d in dx.iter_mut() {
+            *d *= k;
+        }
+        dx[t as usize] -= dl;
+    }
+}
+
+dispatch!(softmax_rows, softmax_rows_base, (d: usize, x: &[f32], y: &mut [f32]));
+dispatch!(log_softmax_rows, log_softmax_rows_base, (d: usize, x: &[f32], y: &mut [f32]));
+dispatch!(softmax_backward_rows, softmax_backward_rows_base, (d: usize, y: &[f32], dy: &[f32], dx: &mut [f32]));
+dispatch!(
+    log_softmax_backward_rows,
+    log_softmax_backward_rows_base,
+    (d: usize, y: &[f32], dy: &[f32], dx: &mut [f32])
+);
+dispatch!(
+    cross_entropy_rows,
+    cross_entropy_rows_base,
+    (classes: usize, logits: &[f32], targets: &[u32], loss: &mut [f32])
+);
+dispatch!(
+    cross_entropy_backward_rows,
+    cross_entropy_backward_rows_base,
+    (classes: usize, logits: &[f32], targets: &[u32], dloss: &[f32], dlogits: &mut [f32])
+);
 
 impl Cpu {
     pub(crate) fn softmax_impl(&self, d: usize, x: &[f32], y: &mut [f32]) {
-        self.rows1(d, x, y, |_, x, y| {
-            for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-                softmax_row(x, y);
-            }
-        });
+        self.rows1(d, x, y, |_, x, y| softmax_rows(d, x, y));
     }
 
     pub(crate) fn log_softmax_impl(&self, d: usize, x: &[f32], y: &mut [f32]) {
-        self.rows1(d, x, y, |_, x, y| {
-            for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-                log_softmax_row(x, y);
-            }
-        });
+        self.rows1(d, x, y, |_, x, y| log_softmax_rows(d, x, y));
     }
 
     pub(crate) fn softmax_backward_impl(&self, d: usize, y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        self.rows2(d, y, dy, dx, |_, y, dy, dx| {
-            for ((y, dy), dx) in y
-                .chunks_exact(d)
-                .zip(dy.chunks_exact(d))
-                .zip(dx.chunks_exact_mut(d))
-            {
-                let s = math::dot(dy, y);
-                for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-                    *dx = y * (g - s);
-                }
-            }
-        });
+        self.rows2(d, y, dy, dx, |_, y, dy, dx| softmax_backward_rows(d, y, dy, dx));
     }
 
-    pub(crate) fn log_softmax_backward_impl(
-        &self,
-        d: usize,
-        y: &[f32],
-        dy: &[f32],
-        dx: &mut [f32],
-    ) {
-        self.rows2(d, y, dy, dx, |_, y, dy, dx| {
-            for ((y, dy), dx) in y
-                .chunks_exact(d)
-                .zip(dy.chunks_exact(d))
-                .zip(dx.chunks_exact_mut(d))
-            {
-                let s = math::sum(dy);
-                for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-                    *dx = g - math::exp(y) * s;
-                }
-            }
-        });
+    pub(crate) fn log_softmax_backward_impl(&self, d: usize, y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        self.rows2(d, y, dy, dx, |_, y, dy, dx| log_softmax_backward_rows(d, y, dy, dx));
     }
 
-    /// `loss[r] = logsumexp(logits[r]) - logits[r, t]`.
-    pub(crate) fn cross_entropy_impl(
-        &self,
-        classes: usize,
-        logits: &[f32],
-        targets: &[u32],
-        loss: &mut [f32],
-    ) {
-        let rows = loss.len();
-        if classes == 0 || rows == 0 {
+    pub(crate) fn cross_entropy_impl(&self, classes: usize, logits: &[f32], targets: &[u32], loss: &mut [f32]) {
+        if classes == 0 {
             return;
         }
-        let rpc = (CHUNK / classes).max(1);
-        let run = |r0: usize, loss: &mut [f32]| {
-            // One row of exponentials on the stack-sized scratch (rows are short) or
-            // computed twice when the row is long.
-            for (j, l) in loss.iter_mut().enumerate() {
-                let r = r0 + j;
-                let x = &logits[r * classes..(r + 1) * classes];
-                let m = math::max(x);
-                let mut acc = [0f32; 8];
-                let mut it = x.chunks_exact(8);
-                for c in &mut it {
-                    for k in 0..8 {
-                        acc[k] += math::exp(c[k] - m);
-                    }
-                }
-                let mut s: f32 = acc.iter().sum();
-                for &v in it.remainder() {
-                    s += math::exp(v - m);
-                }
-                let t = targets[r] as usize;
-                *l = s.ln() - (x[t] - m);
-            }
-        };
-        if rows <= rpc {
-            run(0, loss);
-        } else {
-            self.install(|| {
-                loss.par_chunks_mut(rpc)
-                    .enumerate()
-                    .for_each(|(i, l)| run(i * rpc, l))
-            });
-        }
+        self.chunks_mut(loss, super::units(classes), |r0, loss| {
+            let r1 = r0 + loss.len();
+            cross_entropy_rows(classes, &logits[r0 * classes..r1 * classes], &targets[r0..r1], loss);
+        });
     }
 
-    /// `dlogits[r] = dloss[r] · (softmax(logits[r]) - onehot(t[r]))`.
     pub(crate) fn cross_entropy_backward_impl(
         &self,
         classes: usize,
@@ -145,19 +150,8 @@ impl Cpu {
         dlogits: &mut [f32],
     ) {
         self.rows1(classes, logits, dlogits, |r0, x, dx| {
-            for (j, (x, dx)) in x
-                .chunks_exact(classes)
-                .zip(dx.chunks_exact_mut(classes))
-                .enumerate()
-            {
-                let r = r0 + j;
-                let (_, s) = exp_sum(x, dx);
-                let k = dloss[r] / s;
-                for v in dx.iter_mut() {
-                    *v *= k;
-                }
-                dx[targets[r] as usize] -= dloss[r];
-            }
+            let r1 = r0 + dx.len() / classes;
+            cross_entropy_backward_rows(classes, x, &targets[r0..r1], &dloss[r0..r1], dx);
         });
     }
 }

@@ -1,7 +1,7 @@
 //! RESPIX sliding-window statistics by summed-area tables in `f64`, parallel over
 //! planes.
 
-use super::par::SyncPtr;
+use super::par::{SyncPtr, CHUNK};
 use super::Cpu;
 use cim_core::Result;
 
@@ -30,7 +30,8 @@ impl Cpu {
         let sat = (h + 1) * sw;
         let mp = SyncPtr::new(mean);
         let vp = SyncPtr::new(var);
-        self.tasks::<f64>(nc, 2 * sat, |t, scratch| {
+        let workers = if nc * hw <= 4 * CHUNK { 1 } else { self.threads() };
+        self.tasks::<f64>(workers, nc, 2 * sat, |t, scratch| {
             let x = &x[t * hw..(t + 1) * hw];
             let (s1, s2) = scratch.split_at_mut(sat);
             // Summed-area tables of x and x², with a zero first row and column.
@@ -50,9 +51,7 @@ impl Cpu {
                 let (i0, i1) = (i.saturating_sub(before), (i + after).min(h - 1) + 1);
                 for j in 0..w {
                     let (j0, j1) = (j.saturating_sub(before), (j + after).min(w - 1) + 1);
-                    let box_sum = |s: &[f64]| {
-                        s[i1 * sw + j1] - s[i0 * sw + j1] - s[i1 * sw + j0] + s[i0 * sw + j0]
-                    };
+                    let box_sum = |s: &[f64]| s[i1 * sw + j1] - s[i0 * sw + j1] - s[i1 * sw + j0] + s[i0 * sw + j0];
                     let cnt = ((i1 - i0) * (j1 - j0)) as f64;
                     let m = box_sum(s1) / cnt;
                     let v = (box_sum(s2) / cnt - m * m).max(0.0);

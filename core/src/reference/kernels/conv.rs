@@ -18,7 +18,7 @@ fn in_coord(o: usize, t: usize, stride: usize, pad: usize, len: usize) -> Option
 /// the `o < out_len` with `o · stride + t = i + pad`.
 fn out_coord(i: usize, t: usize, stride: usize, pad: usize, out_len: usize) -> Option<usize> {
     let pos = i + pad;
-    if pos < t || (pos - t) % stride != 0 {
+    if pos < t || !(pos - t).is_multiple_of(stride) {
         return None;
     }
     let o = (pos - t) / stride;

@@ -250,6 +250,29 @@ pub fn bench_names() -> Vec<&'static str> {
     CASES.iter().map(|(n, _)| *n).collect()
 }
 
+/// Forward (inference) throughput of a whole model from the architecture registry
+/// (random weights), as `cim infer` runs it.
+pub fn bench_model(arch: &str, batch: usize) -> Result<BenchResult> {
+    use cim_core::arch;
+    use cim_core::params::ParamTable;
+    use cim_core::Tensor;
+    let cpu = Cpu::new();
+    let spec = arch::by_name(arch)?;
+    let mut table = ParamTable::new();
+    let model = spec.build(&mut table, "")?;
+    let store = table.build(&cpu, 0)?;
+    let input = spec.input();
+    let shape = [batch, input.channels, input.image_size, input.image_size];
+    let x = Tensor::from_slice(&cpu, &shape, &filled(&cpu, shape.iter().product(), 7)?)?;
+    let ms = time(|| model.infer(&cpu, &store, &x).map(drop))?;
+    Ok(BenchResult {
+        name: format!("{arch} forward"),
+        shape: format!("batch {batch}, {0}x{0}, {1:.1} img/s", input.image_size, batch as f64 / (ms * 1e-3)),
+        median_ms: ms,
+        gflops: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

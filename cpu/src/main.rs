@@ -34,6 +34,15 @@ enum BenchWhat {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Time whole-model forward passes (random weights) from the architecture registry.
+    Models {
+        /// Architectures (registry names).
+        #[arg(long, value_delimiter = ',', default_value = "vit_small_patch16_224,resnet50")]
+        arch: Vec<String>,
+        /// Batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batch: Vec<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +62,20 @@ fn main() -> ExitCode {
             for r in cim_cpu::bench::bench_ops(filter.as_deref()) {
                 let g = r.gflops.map(|g| format!("{g:.1}")).unwrap_or_else(|| "-".into());
                 println!("{:<28} {:<44} {:>12.3} {:>10}", r.name, r.shape, r.median_ms, g);
+            }
+        }
+        Command::Bench { what: BenchWhat::Models { arch, batch } } => {
+            println!("{:<36} {:<36} {:>12}", "model", "setting", "median ms");
+            for a in &arch {
+                for &n in &batch {
+                    match cim_cpu::bench::bench_model(a, n) {
+                        Ok(r) => println!("{:<36} {:<36} {:>12.1}", r.name, r.shape, r.median_ms),
+                        Err(e) => {
+                            eprintln!("error: {a} at batch {n}: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
             }
         }
         Command::Infer(args) => match cim_cpu::commands::infer::run(&args) {

@@ -17,9 +17,24 @@ pub fn dim_to(max: usize) -> impl Strategy<Value = usize> + Clone {
     prop_oneof![1 => Just(1usize), 4 => 1usize..=max]
 }
 
-/// A shape of rank `1..=max_rank` with dims from [`dim`].
-pub fn shape(max_rank: usize) -> impl Strategy<Value = Vec<usize>> + Clone {
+/// A dimension: usually from [`dim`], one time in eight from `big` — sizes that reach a
+/// backend's blocked, vectorized and multi-threaded paths.
+pub fn dim_or(big: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = usize> + Clone {
+    prop_oneof![1 => Just(1usize), 6 => 1usize..=9, 1 => big]
+}
+
+/// A shape of rank `1..=max_rank` with dims from [`dim`] (at most 9⁴ elements).
+pub fn small_shape(max_rank: usize) -> impl Strategy<Value = Vec<usize>> + Clone {
     proptest::collection::vec(dim(), 1..=max_rank)
+}
+
+/// A shape of rank `1..=max_rank` with dims from [`dim`]; one time in eight a large
+/// `[a, b]` instead (up to 180 000 elements, beyond any parallel chunk size).
+pub fn shape(max_rank: usize) -> impl Strategy<Value = Vec<usize>> + Clone {
+    prop_oneof![
+        7 => small_shape(max_rank),
+        1 => (dim(), 1000usize..=20000).prop_map(|(a, b)| vec![a, b]),
+    ]
 }
 
 /// Combine a geometry strategy with a seed and build the problem from both.
@@ -65,25 +80,35 @@ impl ConvGeom {
     }
 }
 
-/// Convolution geometry with channels up to `max_c` and kernels up to `max_k`.
-pub fn conv_geom(max_c: usize, max_k: usize) -> impl Strategy<Value = ConvGeom> + Clone {
-    let side = (1usize..=max_k, 0usize..max_k, dim(), 1usize..=3);
-    (dim_to(2), dim_to(max_c), dim_to(max_c), side.clone(), side).prop_map(
-        |(n, c_in, c_out, (kh, ph, h, sh), (kw, pw, w, sw))| {
-            let (ph, pw) = (ph.min(kh - 1), pw.min(kw - 1));
-            ConvGeom {
-                n,
-                c_in,
-                c_out,
-                kh,
-                kw,
-                h: h.max(kh.saturating_sub(2 * ph)),
-                w: w.max(kw.saturating_sub(2 * pw)),
-                stride: (sh, sw),
-                pad: (ph, pw),
-            }
-        },
-    )
+/// Convolution geometry with channels up to `max_c`, kernels up to `max_k` and images up
+/// to `max_hw` a side (small sizes, 1 more often).
+pub fn conv_geom(max_c: usize, max_k: usize, max_hw: usize) -> impl Strategy<Value = ConvGeom> + Clone {
+    conv_geom_from(dim_to(2), dim_to(max_c), max_k, dim_to(max_hw))
+}
+
+/// Convolution geometry from strategies for the batch, the channel counts and the image
+/// sides.
+pub fn conv_geom_from<S, C, H>(n: S, c: C, max_k: usize, hw: H) -> impl Strategy<Value = ConvGeom> + Clone
+where
+    S: Strategy<Value = usize> + Clone,
+    C: Strategy<Value = usize> + Clone,
+    H: Strategy<Value = usize> + Clone,
+{
+    let side = (1usize..=max_k, 0usize..max_k, hw, 1usize..=3);
+    (n, c.clone(), c, side.clone(), side).prop_map(|(n, c_in, c_out, (kh, ph, h, sh), (kw, pw, w, sw))| {
+        let (ph, pw) = (ph.min(kh - 1), pw.min(kw - 1));
+        ConvGeom {
+            n,
+            c_in,
+            c_out,
+            kh,
+            kw,
+            h: h.max(kh.saturating_sub(2 * ph)),
+            w: w.max(kw.saturating_sub(2 * pw)),
+            stride: (sh, sw),
+            pad: (ph, pw),
+        }
+    })
 }
 
 /// Geometry of a 2-D pooling window over `x: [n, c, h, w]`: kernel `1..=5`, stride up to
@@ -111,23 +136,33 @@ impl PoolGeom {
     }
 }
 
-pub fn pool_geom() -> impl Strategy<Value = PoolGeom> + Clone {
-    let side = (1usize..=5, 0usize..=2, dim(), 1usize..=3);
-    (dim_to(2), dim_to(3), side.clone(), side, any::<bool>()).prop_map(
-        |(n, c, (kh, ph, h, sh), (kw, pw, w, sw), count_include_pad)| {
-            let (ph, pw) = (ph.min(kh / 2), pw.min(kw / 2));
-            PoolGeom {
-                n,
-                c,
-                h: h.max(kh - 2 * ph),
-                w: w.max(kw - 2 * pw),
-                k: (kh, kw),
-                stride: (sh, sw),
-                pad: (ph, pw),
-                count_include_pad,
-            }
-        },
-    )
+/// Pooling geometry with up to `max_c` channels and images up to `max_hw` a side (small
+/// sizes, 1 more often).
+pub fn pool_geom(max_c: usize, max_hw: usize) -> impl Strategy<Value = PoolGeom> + Clone {
+    pool_geom_from(dim_to(2), dim_to(max_c), dim_to(max_hw))
+}
+
+/// Pooling geometry from strategies for the batch, the channels and the image sides.
+pub fn pool_geom_from<S, C, H>(n: S, c: C, hw: H) -> impl Strategy<Value = PoolGeom> + Clone
+where
+    S: Strategy<Value = usize> + Clone,
+    C: Strategy<Value = usize> + Clone,
+    H: Strategy<Value = usize> + Clone,
+{
+    let side = (1usize..=5, 0usize..=2, hw, 1usize..=3);
+    (n, c, side.clone(), side, any::<bool>()).prop_map(|(n, c, (kh, ph, h, sh), (kw, pw, w, sw), count_include_pad)| {
+        let (ph, pw) = (ph.min(kh / 2), pw.min(kw / 2));
+        PoolGeom {
+            n,
+            c,
+            h: h.max(kh - 2 * ph),
+            w: w.max(kw - 2 * pw),
+            k: (kh, kw),
+            stride: (sh, sw),
+            pad: (ph, pw),
+            count_include_pad,
+        }
+    })
 }
 
 /// Seeded values for a problem (the counter-based stream of `cim_core::rng`). Every
@@ -195,6 +230,9 @@ impl Gen {
     }
     pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())]
+    }
+    pub fn u32(&mut self) -> u32 {
+        self.0.next_u32()
     }
     pub fn u64(&mut self) -> u64 {
         (self.0.next_u32() as u64) << 32 | self.0.next_u32() as u64

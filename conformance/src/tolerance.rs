@@ -88,13 +88,31 @@ impl Tolerance {
         Tolerance { rel: self.rel * f, abs: self.abs * f }
     }
 
-    /// Whether one pair of values is within the bound (NaN matches only NaN; equal
-    /// infinities match).
+    /// Whether one pair of values is within the bound (NaN matches only NaN; an infinity
+    /// only the same infinity).
     pub fn accepts(&self, got: f64, want: f64) -> bool {
         if got.is_nan() || want.is_nan() {
             return got.is_nan() && want.is_nan();
         }
+        if got.is_infinite() || want.is_infinite() {
+            return got == want;
+        }
         got == want || (got - want).abs() <= self.abs + self.rel * want.abs()
+    }
+
+    /// The largest `|got − want| / (abs + rel·|want|)` over the elements: how much of the
+    /// tolerance is used (`≤ 1` passes; infinite for a NaN or infinity mismatch).
+    pub fn usage(&self, got: &[f64], want: &[f64]) -> f64 {
+        let one = |g: f64, w: f64| {
+            if g == w || (g.is_nan() && w.is_nan()) {
+                0.0
+            } else if g.is_finite() && w.is_finite() {
+                (g - w).abs() / (self.abs + self.rel * w.abs())
+            } else {
+                f64::INFINITY
+            }
+        };
+        got.iter().zip(want).map(|(&g, &w)| one(g, w)).fold(0.0, f64::max)
     }
 
     /// Check `got` against `want` elementwise. The error message names the number of
@@ -135,7 +153,8 @@ impl Tolerance {
                     self.abs
                 );
                 if g.is_finite() && w.is_finite() {
-                    let _ = write!(msg, " (|diff| {:.3e}, allowed {:.3e})", (g - w).abs(), self.abs + self.rel * w.abs());
+                    let _ =
+                        write!(msg, " (|diff| {:.3e}, allowed {:.3e})", (g - w).abs(), self.abs + self.rel * w.abs());
                 }
                 let _ = write!(msg, "; max abs error {max_abs:.3e}, max rel error {max_rel:.3e}");
                 Err(msg)
@@ -204,5 +223,13 @@ mod tests {
         assert!(Tolerance::bf16().rel > Tolerance::f16().rel && Tolerance::f16().rel > t.rel);
         assert_eq!(t1.scale_abs(4.0).abs, 32.0 * u);
         assert_eq!(t1.times(2.0), Tolerance::new(16.0 * u, 16.0 * u));
+    }
+
+    #[test]
+    fn usage_is_the_fraction_of_the_allowance_used() {
+        let t = Tolerance::new(0.0, 0.5);
+        assert_eq!(t.usage(&[1.0, 2.25], &[1.0, 2.0]), 0.5);
+        assert_eq!(t.usage(&[f64::NAN], &[f64::NAN]), 0.0);
+        assert_eq!(t.usage(&[f64::NAN], &[1.0]), f64::INFINITY);
     }
 }

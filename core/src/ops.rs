@@ -879,7 +879,8 @@ pub fn adamw<B: Backend>(
         return invalid(OP, format!("bad hyper-parameters {hp:?}"));
     }
     let len = params.numel();
-    let mut sorted: Vec<&ParamGroup> = groups.iter().collect();
+    // Empty groups touch nothing; they cannot overlap anything.
+    let mut sorted: Vec<&ParamGroup> = groups.iter().filter(|g| g.len > 0).collect();
     sorted.sort_by_key(|g| g.offset);
     let mut end = 0;
     for g in sorted {

@@ -26,6 +26,9 @@ pub enum Error {
     /// A checkpoint file cannot be read or written, is corrupt, or does not fit the model.
     #[error("checkpoint {path}: {detail}")]
     Checkpoint { path: String, detail: String },
+    /// A data set cannot be found, read or decoded (feature `std`, module `data`).
+    #[error("data: {detail}")]
+    Data { detail: String },
 }
 
 pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -22,6 +22,8 @@ pub mod arch;
 pub mod backend;
 #[cfg(feature = "std")]
 pub mod checkpoint;
+#[cfg(feature = "std")]
+pub mod data;
 pub mod element;
 pub mod error;
 pub mod layers;

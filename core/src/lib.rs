@@ -22,6 +22,7 @@ pub mod arch;
 pub mod backend;
 #[cfg(feature = "std")]
 pub mod checkpoint;
+pub mod cim;
 #[cfg(feature = "std")]
 pub mod data;
 pub mod element;

@@ -95,7 +95,7 @@ struct Outcome {
 }
 
 fn step_on<B: Backend>(b: &B, cfg: &CimConfig, n: usize) -> Outcome {
-    let (model, mut store, tok): (CimModel, ParamStore<B>, ParamStore<B>) = CimModel::build(cfg.clone(), b, 5).unwrap();
+    let (model, mut store, tok): (CimModel, ParamStore<B>, ParamStore<B>) = CimModel::build(*cfg, b, 5).unwrap();
     let (h, t) = (cfg.image_size, cfg.tokenizer_image_size);
     let e = Tensor::from_f64(b, &[n, 3, h, h], &pixels(n * 3 * h * h, 1)).unwrap();
     let tv = Tensor::from_f64(b, &[n, 3, t, t], &pixels(n * 3 * t * t, 2)).unwrap();

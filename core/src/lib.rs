@@ -34,6 +34,8 @@ pub mod params;
 pub mod reference;
 pub mod rng;
 pub mod tensor;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use backend::Backend;
 pub use element::{DType, Element};

@@ -11,20 +11,12 @@
 use super::*;
 use crate::error::Error;
 use crate::params::{ParamStore, ParamTable};
-use crate::reference::Reference;
 use crate::rng::Stream;
 use crate::tensor::Tensor;
 use alloc::vec;
 use alloc::vec::Vec;
 
-type R = Reference<f64>;
-
-const EPS: f64 = 1e-6;
-const TOL: f64 = 1e-6;
-
-fn uniform(s: &mut Stream, n: usize, scale: f64) -> Vec<f64> {
-    (0..n).map(|_| scale * (2.0 * s.next_f32() as f64 - 1.0)).collect()
-}
+use crate::testing::{fd_check as fd_check_only, host, tensor, uniform, Fwd, R};
 
 /// Values in `±[0.1, 1.1)`: no ReLU kink within reach of the perturbation.
 fn away_from_zero(s: &mut Stream, n: usize) -> Vec<f64> {
@@ -51,19 +43,6 @@ fn distinct(s: &mut Stream, n: usize) -> Vec<f64> {
     v.iter().map(|x| x + 0.05 * s.next_f32() as f64 - 1.0).collect()
 }
 
-fn tensor(shape: &[usize], data: &[f64]) -> Tensor<R> {
-    Tensor::from_slice(&R::new(), shape, data).unwrap()
-}
-
-fn host(t: &Tensor<R>) -> Vec<f64> {
-    t.to_f64(&R::new()).unwrap()
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// Build the store and overwrite every parameter with a random value in `±0.5`
 /// (initial values such as LayerNorm's ones would hide errors in some terms).
 fn setup(table: ParamTable, seed: u64) -> (ParamStore<R>, Stream) {
@@ -74,50 +53,9 @@ fn setup(table: ParamTable, seed: u64) -> (ParamStore<R>, Stream) {
     (store, s)
 }
 
-/// The function under test: parameters and inputs to the output.
-type Fwd<'a> = dyn FnMut(&[f64], &[Vec<f64>]) -> Vec<f64> + 'a;
-
-/// Compare the analytic gradients `dparams`, `dinputs` with the central differences of
-/// `⟨dy, f(params, inputs)⟩` for every parameter and every input element.
-fn fd_check(
-    what: &str,
-    f: &mut Fwd<'_>,
-    (params, dparams): (&[f64], &[f64]),
-    (inputs, dinputs): (&[Vec<f64>], &[Vec<f64>]),
-    dy: &[f64],
-) {
-    assert_eq!(params.len(), dparams.len(), "{what}: parameter gradient length");
-    let compare = |name: &str, i: usize, analytic: f64, plus: Vec<f64>, minus: Vec<f64>| {
-        let numeric = (dot(dy, &plus) - dot(dy, &minus)) / (2.0 * EPS);
-        let err = (numeric - analytic).abs();
-        assert!(
-            err <= TOL * (1.0 + analytic.abs()),
-            "{what}: d{name}[{i}] analytic {analytic:.12e} vs numeric {numeric:.12e} (error {err:.3e})"
-        );
-    };
-    let mut p = params.to_vec();
-    for i in 0..p.len() {
-        let v = p[i];
-        p[i] = v + EPS;
-        let plus = f(&p, inputs);
-        p[i] = v - EPS;
-        let minus = f(&p, inputs);
-        p[i] = v;
-        compare("param", i, dparams[i], plus, minus);
-    }
-    let mut ins = inputs.to_vec();
-    for k in 0..ins.len() {
-        assert_eq!(ins[k].len(), dinputs[k].len(), "{what}: input {k} gradient length");
-        for i in 0..ins[k].len() {
-            let v = ins[k][i];
-            ins[k][i] = v + EPS;
-            let plus = f(params, &ins);
-            ins[k][i] = v - EPS;
-            let minus = f(params, &ins);
-            ins[k][i] = v;
-            compare(if k == 0 { "x" } else { "input" }, i, dinputs[k][i], plus, minus);
-        }
-    }
+/// Every parameter and every input element.
+fn fd_check(what: &str, f: &mut Fwd<'_>, grads: (&[f64], &[f64]), inputs: (&[Vec<f64>], &[Vec<f64>]), dy: &[f64]) {
+    fd_check_only(what, f, grads, inputs, dy, None)
 }
 
 /// Finite-difference check of a [`Layer`] on input `x`; also checks that `infer` and

@@ -15,33 +15,12 @@ use super::resnet::*;
 use crate::error::Error;
 use crate::layers::Layer;
 use crate::params::{Kind, ParamStore, ParamTable};
-use crate::reference::Reference;
 use crate::rng::Stream;
 use crate::tensor::{IndexTensor, Tensor};
 use alloc::vec;
 use alloc::vec::Vec;
 
-type R = Reference<f64>;
-
-const EPS: f64 = 1e-6;
-const TOL: f64 = 1e-6;
-
-fn uniform(s: &mut Stream, n: usize, scale: f64) -> Vec<f64> {
-    (0..n).map(|_| scale * (2.0 * s.next_f32() as f64 - 1.0)).collect()
-}
-
-fn tensor(shape: &[usize], data: &[f64]) -> Tensor<R> {
-    Tensor::from_slice(&R::new(), shape, data).unwrap()
-}
-
-fn host(t: &Tensor<R>) -> Vec<f64> {
-    t.to_f64(&R::new()).unwrap()
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
+use crate::testing::{fd_check_at, host, tensor, uniform, R};
 
 /// Build the store; keep the (random) initial weights of rank ≥ 2 and replace the
 /// rank-1 tensors (norm weights at 1, biases at 0 would hide gradient terms): norm and
@@ -80,49 +59,19 @@ fn sample(n: usize, k: usize, s: &mut Stream) -> Vec<usize> {
     (0..k).map(|_| s.below(n as u32) as usize).collect()
 }
 
-/// The function under test: parameters and input to the output.
-type Fwd<'a> = dyn FnMut(&[f64], &[f64]) -> Vec<f64> + 'a;
+/// A one-input function under test: parameters and input to the output.
+type Fwd1<'a> = dyn FnMut(&[f64], &[f64]) -> Vec<f64> + 'a;
 
-/// Central differences of `⟨dy, f⟩` at the sampled parameter and input indices against
-/// the analytic gradients.
-#[allow(clippy::too_many_arguments)]
+/// Central differences at the sampled parameter and input indices of a one-input `f`.
 fn fd_check(
     what: &str,
-    f: &mut Fwd<'_>,
+    f: &mut Fwd1<'_>,
     (params, dparams, p_idx): (&[f64], &[f64], &[usize]),
     (x, dx, x_idx): (&[f64], &[f64], &[usize]),
     dy: &[f64],
 ) {
-    assert_eq!(params.len(), dparams.len(), "{what}: parameter gradient length");
-    assert_eq!(x.len(), dx.len(), "{what}: input gradient length");
-    let compare = |name: &str, i: usize, analytic: f64, plus: Vec<f64>, minus: Vec<f64>| {
-        let numeric = (dot(dy, &plus) - dot(dy, &minus)) / (2.0 * EPS);
-        let err = (numeric - analytic).abs();
-        assert!(
-            err <= TOL * (1.0 + analytic.abs()),
-            "{what}: d{name}[{i}] analytic {analytic:.12e} vs numeric {numeric:.12e} (error {err:.3e})"
-        );
-    };
-    let mut p = params.to_vec();
-    for &i in p_idx {
-        let v = p[i];
-        p[i] = v + EPS;
-        let plus = f(&p, x);
-        p[i] = v - EPS;
-        let minus = f(&p, x);
-        p[i] = v;
-        compare("param", i, dparams[i], plus, minus);
-    }
-    let mut xs = x.to_vec();
-    for &i in x_idx {
-        let v = xs[i];
-        xs[i] = v + EPS;
-        let plus = f(params, &xs);
-        xs[i] = v - EPS;
-        let minus = f(params, &xs);
-        xs[i] = v;
-        compare("x", i, dx[i], plus, minus);
-    }
+    let mut g = |p: &[f64], ins: &[Vec<f64>]| f(p, &ins[0]);
+    fd_check_at(what, &mut g, (params, dparams), (&[x.to_vec()], &[dx.to_vec()]), dy, Some(p_idx), Some(x_idx));
 }
 
 fn is_shape_err<T>(r: crate::Result<T>) -> bool {

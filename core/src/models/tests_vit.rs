@@ -14,7 +14,6 @@ use super::vit::{patchify, unpatchify, Vit, VitConfig};
 use crate::error::Error;
 use crate::layers::{Conv2d, Conv2dConfig, Layer};
 use crate::params::{ParamStore, ParamTable};
-use crate::reference::Reference;
 use crate::rng::Stream;
 use crate::tensor::Tensor;
 use alloc::format;
@@ -22,27 +21,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-type R = Reference<f64>;
-
-const EPS: f64 = 1e-6;
-const TOL: f64 = 1e-6;
-
-fn uniform(s: &mut Stream, n: usize, scale: f64) -> Vec<f64> {
-    (0..n).map(|_| scale * (2.0 * s.next_f32() as f64 - 1.0)).collect()
-}
-
-fn tensor(shape: &[usize], data: &[f64]) -> Tensor<R> {
-    Tensor::from_slice(&R::new(), shape, data).unwrap()
-}
-
-fn host(t: &Tensor<R>) -> Vec<f64> {
-    t.to_f64(&R::new()).unwrap()
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
+use crate::testing::{fd_check, host, tensor, uniform, R};
 
 /// Build the store with every parameter drawn uniformly in `±scale` (initial values
 /// such as LayerNorm's ones or zero biases would hide errors in some terms).
@@ -52,54 +31,6 @@ fn setup(table: ParamTable, seed: u64, scale: f64) -> (ParamStore<R>, Stream) {
     let n = store.params.len();
     store.params = uniform(&mut s, n, scale);
     (store, s)
-}
-
-/// The function under test: parameters and inputs to the output.
-type Fwd<'a> = dyn FnMut(&[f64], &[Vec<f64>]) -> Vec<f64> + 'a;
-
-/// Compare analytic gradients with central differences of `⟨dy, f(params, inputs)⟩`, for
-/// every parameter (or those in `only`) and every input element.
-fn fd_check(
-    what: &str,
-    f: &mut Fwd<'_>,
-    (params, dparams): (&[f64], &[f64]),
-    (inputs, dinputs): (&[Vec<f64>], &[Vec<f64>]),
-    dy: &[f64],
-    only: Option<&[usize]>,
-) {
-    assert_eq!(params.len(), dparams.len(), "{what}: parameter gradient length");
-    let compare = |name: &str, i: usize, analytic: f64, plus: Vec<f64>, minus: Vec<f64>| {
-        let numeric = (dot(dy, &plus) - dot(dy, &minus)) / (2.0 * EPS);
-        let err = (numeric - analytic).abs();
-        assert!(
-            err <= TOL * (1.0 + analytic.abs()),
-            "{what}: d{name}[{i}] analytic {analytic:.12e} vs numeric {numeric:.12e} (error {err:.3e})"
-        );
-    };
-    let mut p = params.to_vec();
-    let all: Vec<usize> = (0..p.len()).collect();
-    for &i in only.unwrap_or(&all) {
-        let v = p[i];
-        p[i] = v + EPS;
-        let plus = f(&p, inputs);
-        p[i] = v - EPS;
-        let minus = f(&p, inputs);
-        p[i] = v;
-        compare("param", i, dparams[i], plus, minus);
-    }
-    let mut ins = inputs.to_vec();
-    for k in 0..ins.len() {
-        assert_eq!(ins[k].len(), dinputs[k].len(), "{what}: input {k} gradient length");
-        for i in 0..ins[k].len() {
-            let v = ins[k][i];
-            ins[k][i] = v + EPS;
-            let plus = f(params, &ins);
-            ins[k][i] = v - EPS;
-            let minus = f(params, &ins);
-            ins[k][i] = v;
-            compare("input", i, dinputs[k][i], plus, minus);
-        }
-    }
 }
 
 /// img 8, patch 4 (2×2 grid, 5 tokens), width 8, 2 blocks, 2 heads.

@@ -36,6 +36,9 @@ pub mod rng;
 pub mod tensor;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod tokenizer;
+#[cfg(feature = "std")]
+pub mod train;
 
 pub use backend::Backend;
 pub use element::{DType, Element};

@@ -24,6 +24,20 @@ enum Command {
     },
     /// Run a checkpoint (.safetensors) on an input (.npy or image), writing a .npy.
     Infer(cim_cpu::commands::infer::InferArgs),
+    /// CIM pre-training (default: the tiny RESPIX preset on Fashion-MNIST, training a
+    /// tokenizer first where none exists).
+    Pretrain(cim_cpu::commands::pretrain::PretrainArgs),
+    /// The dVAE tokenizer that CIM pre-training freezes.
+    Tokenizer {
+        #[command(subcommand)]
+        what: TokenizerWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenizerWhat {
+    /// Train a tokenizer on a data set (Fashion-MNIST by default) and save it.
+    Train(cim_cpu::commands::tokenizer::TokenizerTrainArgs),
 }
 
 #[derive(Subcommand)]
@@ -88,6 +102,26 @@ fn main() -> ExitCode {
                 o.output_shape,
                 o.output_doc
             ),
+            Err(e) => {
+                eprintln!("error: {}", e.replace('\n', " "));
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Tokenizer { what: TokenizerWhat::Train(args) } => {
+            if let Err(e) = cim_cpu::commands::tokenizer::run_train(&args) {
+                eprintln!("error: {}", e.to_string().replace('\n', " "));
+                return ExitCode::FAILURE;
+            }
+        }
+        Command::Pretrain(args) => match cim_cpu::commands::pretrain::run(&args) {
+            Ok(s) => {
+                let how = if s.interrupted { "stopped" } else { "done" };
+                let ckpt = s.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into());
+                println!("{how}: {} of {} steps in {:.1} s; last checkpoint {ckpt}", s.steps, s.total_steps, s.seconds);
+                if let Some(r) = s.last {
+                    println!("last: {}", r.summary());
+                }
+            }
             Err(e) => {
                 eprintln!("error: {}", e.replace('\n', " "));
                 return ExitCode::FAILURE;

@@ -2,3 +2,5 @@
 //! arguments and returns what it did, or a one-line error for the binary to print.
 
 pub mod infer;
+pub mod pretrain;
+pub mod tokenizer;

@@ -1,0 +1,209 @@
+//! Trainer tests on the reference backend with a tiny configuration: 16-px enhancer
+//! view, patch 4, width 16, a random-weight 16-code dVAE on an 8-px tokenizer view,
+//! synthetic images.
+
+use super::*;
+use crate::data::ArraySource;
+use crate::reference::Reference;
+use crate::rng::Stream;
+
+type R = Reference<f32>;
+
+fn tiny_cfg(dir: &Path) -> PretrainConfig {
+    PretrainConfig {
+        preset: "test".into(),
+        data: dir.join("none"),
+        image_size: 16,
+        tokenizer_image_size: 8,
+        enhancer: EnhancerSpec {
+            arch: "vit".into(),
+            patch_size: 4,
+            width: 16,
+            depth: 2,
+            heads: 2,
+            mlp_ratio: 2.0,
+            ..Default::default()
+        },
+        tokenizer_model: TokenizerSpec { group_count: 2, n_hid: 8, n_blk_per_group: 1, vocab_size: 16, n_init: 8 },
+        generator_depth: 2,
+        batch: 4,
+        steps: 6,
+        warmup_steps: 2,
+        lr: 2e-3,
+        min_lr: 1e-4,
+        checkpoint_every: 3,
+        log_every: 1,
+        tokenizer: dir.join("tokenizer.safetensors"),
+        workers: 1,
+        ..presets::tiny_respix()
+    }
+}
+
+/// 64 grey 16×16 images: smooth blobs and stripes, so there is structure to learn.
+fn source() -> Arc<dyn Source> {
+    let mut s = Stream::new(7);
+    let mut px = Vec::new();
+    for _ in 0..64 {
+        let (cx, cy, f) = (s.next_f32() * 16.0, s.next_f32() * 16.0, 0.2 + s.next_f32());
+        for y in 0..16 {
+            for x in 0..16 {
+                let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt();
+                let v = 0.5 + 0.5 * (d * f).cos();
+                px.push((v * 255.0) as u8);
+            }
+        }
+    }
+    Arc::new(ArraySource::new("synthetic", 16, 16, 1, false, px, None).unwrap())
+}
+
+/// A random-weight tokenizer for `cfg`, saved where the configuration expects it.
+fn write_tokenizer(b: &R, cfg: &PretrainConfig) {
+    let (_, _, tok) = CimModel::build(cfg.cim().unwrap(), b, 99).unwrap();
+    checkpoint::save(&cfg.tokenizer, &tok, b, "", &Default::default()).unwrap();
+}
+
+fn run(b: &R, cfg: &PretrainConfig, dir: &Path, resume: bool) -> Result<TrainSummary> {
+    pretrain(b, cfg, source(), &RunDir::new(dir), &TrainOptions { resume, stop: None }, &mut |_| {})
+}
+
+fn lines(dir: &Path) -> Vec<MetricsRecord> {
+    RunDir::new(dir).read_metrics().unwrap().iter().map(|r| r.deterministic_part()).collect()
+}
+
+#[test]
+fn train_resume_is_exact() {
+    let b = R::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_cfg(tmp.path());
+    write_tokenizer(&b, &cfg);
+    let straight = tmp.path().join("straight");
+    let s = run(&b, &cfg, &straight, false).unwrap();
+    assert_eq!(s.steps, 6);
+    let a = lines(&straight);
+    assert_eq!(a.len(), 6);
+
+    // 3 steps of the same 6-step run (stopped by the flag after step 3), then resumed.
+    let split2 = tmp.path().join("split2");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let opts = TrainOptions { resume: false, stop: Some(stop) };
+    let mut on = |e: &Event| {
+        if let Event::Step { step: 3, .. } = e {
+            flag.store(true, Ordering::Relaxed);
+        }
+    };
+    let half = pretrain(&b, &cfg, source(), &RunDir::new(&split2), &opts, &mut on).unwrap();
+    assert!(half.interrupted);
+    assert_eq!(half.steps, 3);
+    assert!(RunDir::new(&split2).checkpoint_path(3).is_file());
+    let resumed = run(&b, &cfg, &split2, true).unwrap();
+    assert_eq!((resumed.start_step, resumed.steps), (3, 6));
+    let c = lines(&split2);
+    assert_eq!(c.len(), 6);
+    assert_eq!(a, c, "resumed metrics differ from the uninterrupted run");
+    assert!(RunDir::new(&split2).enhancer_path().is_file());
+    assert!(RunDir::new(&split2).config_path().is_file());
+}
+
+#[test]
+fn train_losses_fall() {
+    let b = R::new();
+    let tmp = tempfile::tempdir().unwrap();
+    // The unnormalized RESPIX target: an 8-px window of a 16-px synthetic image is often
+    // nearly flat, which makes the windowed target noisy over so few steps.
+    let cfg = PretrainConfig {
+        steps: 30,
+        batch: 8,
+        warmup_steps: 3,
+        checkpoint_every: 100,
+        respix_norm: "none".into(),
+        lr: 5e-3,
+        ..tiny_cfg(tmp.path())
+    };
+    write_tokenizer(&b, &cfg);
+    let dir = tmp.path().join("run");
+    run(&b, &cfg, &dir, false).unwrap();
+    let m = lines(&dir);
+    assert_eq!(m.len(), 30);
+    let mean = |r: &[MetricsRecord], f: fn(&MetricsRecord) -> f64| r.iter().map(f).sum::<f64>() / r.len() as f64;
+    let (head, tail) = (&m[..5], &m[25..]);
+    let (g0, g1) = (mean(head, |r| r.mim_loss), mean(tail, |r| r.mim_loss));
+    let (a0, a1) = (mean(head, |r| r.mim_acc), mean(tail, |r| r.mim_acc));
+    let (e0, e1) = (mean(head, |r| r.enh_loss), mean(tail, |r| r.enh_loss));
+    // The generator learns the random tokenizer's codes quickly. The enhancer sees the
+    // random decoder's scrambled image, from which little can be learnt in 30 steps:
+    // its loss must only stay bounded.
+    assert!(g1 < 0.9 * g0, "MIM loss {g0} -> {g1}");
+    assert!(a1 > a0, "MIM accuracy {a0} -> {a1}");
+    assert!(e1.is_finite() && e1 < 1.1 * e0, "enhancer loss {e0} -> {e1}");
+}
+
+#[test]
+fn train_failed_checkpoint_keeps_previous() {
+    let b = R::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = PretrainConfig { steps: 4, checkpoint_every: 2, ..tiny_cfg(tmp.path()) };
+    write_tokenizer(&b, &cfg);
+    let dir = tmp.path().join("run");
+    let rd = RunDir::new(&dir);
+    rd.create().unwrap();
+    // The save of step 4 fails: its target is a directory.
+    std::fs::create_dir_all(rd.checkpoint_path(4)).unwrap();
+    let err = run(&b, &cfg, &dir, false).unwrap_err().to_string();
+    assert!(err.contains("step-4"), "{err}");
+    let latest = rd.latest().expect("a latest checkpoint");
+    assert_eq!(latest, rd.checkpoint_path(2));
+    // It loads, and a resume continues from step 2.
+    let cim = cfg.cim().unwrap();
+    let (_, mut store, _) = CimModel::build(cim, &b, 1).unwrap();
+    let mut opt = OptState::new(&b, &store.table, &cfg.adamw()).unwrap();
+    let r = RunDir::load_state(&latest, &b, &mut store, &mut opt).unwrap();
+    assert_eq!((r.step, opt.step), (2, 2));
+    // No temporary file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(rd.checkpoints())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn train_nan_stops_naming_the_step() {
+    let b = R::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = PretrainConfig {
+        steps: 20,
+        warmup_steps: 0,
+        lr: 1e30,
+        min_lr: 1e30,
+        clip: 0.0,
+        weight_decay: 0.0,
+        checkpoint_every: 1,
+        ..tiny_cfg(tmp.path())
+    };
+    write_tokenizer(&b, &cfg);
+    let dir = tmp.path().join("run");
+    let err = run(&b, &cfg, &dir, false).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::NonFinite { .. }), "{text}");
+    assert!(text.contains("at step "), "{text}");
+    let step: u64 = text.split("at step ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(step >= 2, "{text}");
+    let good = RunDir::new(&dir).checkpoint_path(step - 1);
+    assert!(text.contains(&good.display().to_string()), "{text}");
+}
+
+#[test]
+fn train_config_toml_round_trip_and_overlay() {
+    for name in PRESETS {
+        let p = preset(name).unwrap();
+        assert_eq!(&PretrainConfig::from_toml(&p.to_toml()).unwrap(), &p, "{name}");
+        p.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let base = preset("tiny-respix").unwrap();
+    let over = base.overlay_toml("batch = 8\n[enhancer]\ndepth = 2\n").unwrap();
+    assert_eq!((over.batch, over.enhancer.depth, over.enhancer.width), (8, 2, base.enhancer.width));
+    let err = base.overlay_toml("bogus = 1\n").unwrap_err().to_string();
+    assert!(err.contains("bogus"), "{err}");
+}

@@ -262,6 +262,13 @@ impl Cpu {
             running_var[ci] = ((1.0 - mom) * running_var[ci] as f64 + mom * var * unbias) as f32;
             coef.push((mean as f32, (invstd * gamma[ci] as f64) as f32, beta[ci]));
         }
+        self.normalize_planes(hw, x, y, &coef);
+    }
+
+    /// `y = (x - mean) · scale + shift` per `(n, c)` plane, with `coef[c] = (mean, scale, shift)`
+    /// (batch norm's affine map, shared by the train and eval passes).
+    fn normalize_planes(&self, hw: usize, x: &[f32], y: &mut [f32], coef: &[(f32, f32, f32)]) {
+        let c = coef.len();
         self.planes(hw, x, y, |i, x, y| {
             let (m, s, b) = coef[i % c];
             for (y, &x) in y.iter_mut().zip(x) {
@@ -289,12 +296,7 @@ impl Cpu {
                 (running_mean[ci], (invstd * gamma[ci] as f64) as f32, beta[ci])
             })
             .collect();
-        self.planes(hw, &x[..len], &mut y[..len], |i, x, y| {
-            let (m, s, b) = coef[i % c];
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = (x - m) * s + b;
-            }
-        });
+        self.normalize_planes(hw, &x[..len], &mut y[..len], &coef);
     }
 
     /// `dx = gamma · invstd · (dy - Σdy/N - x̂ · Σ(dy · x̂)/N)`; `dbeta += Σdy`,

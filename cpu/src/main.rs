@@ -57,6 +57,8 @@ enum BenchWhat {
         #[arg(long, value_delimiter = ',', default_value = "1,8")]
         batch: Vec<usize>,
     },
+    /// Time full pre-training steps (both views uploaded, the CIM step, AdamW) of a preset.
+    Pretrain(cim_cpu::commands::pretrain::BenchPretrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +92,12 @@ fn main() -> ExitCode {
                         }
                     }
                 }
+            }
+        }
+        Command::Bench { what: BenchWhat::Pretrain(args) } => {
+            if let Err(e) = cim_cpu::commands::pretrain::run_bench(&args) {
+                eprintln!("error: {}", e.replace('\n', " "));
+                return ExitCode::FAILURE;
             }
         }
         Command::Infer(args) => match cim_cpu::commands::infer::run(&args) {

@@ -66,7 +66,9 @@ fn text(o: &Output) -> String {
 #[test]
 fn pretrain_tiny_on_fashion_mnist() {
     if !Path::new(FASHION).is_dir() {
-        eprintln!("skipped: {FASHION} is not installed (apt-get install dataset-fashion-mnist)");
+        let msg = format!("{FASHION} is not installed (apt-get install dataset-fashion-mnist)");
+        assert!(std::env::var_os("CIM_REQUIRE_DATA").is_none(), "{msg}");
+        eprintln!("skipped: {msg}");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -181,4 +183,24 @@ fn pretrain_resume_is_exact_on_cpu() {
     let (a, c) = (metrics(&straight), metrics(&split));
     assert_eq!(a.len(), 6);
     assert_eq!(a, c, "resumed metrics differ from the uninterrupted run");
+}
+
+#[test]
+fn bench_pretrain_prints_images_per_second() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, _) = setup(tmp.path());
+    let bench = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cim"))
+            .args(["bench", "pretrain", "--config", cfg.to_str().unwrap(), "--warmup", "1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = bench(&["--steps", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("batch 4") && out.contains("images/s"), "{out}");
+    let o = bench(&["--steps", "0"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("at least one timed step"), "{}", text(&o));
 }

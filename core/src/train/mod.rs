@@ -9,7 +9,8 @@
 //! - [`presets`]: the paper's ImageNet runs and the small CPU runs (`tiny-respix`, the
 //!   default, and `tiny-revdet`);
 //! - [`run_dir`]: `RUN/config.toml`, `RUN/metrics.jsonl`, `RUN/checkpoints/`;
-//! - [`metrics`]: one logged line.
+//! - [`metrics`]: one logged line;
+//! - [`bench`]: the throughput of full steps (`cim bench pretrain`).
 //!
 //! # Determinism and resuming
 //! Everything random is keyed by the seed and the step: the loader's order and
@@ -25,6 +26,7 @@
 //! naming the step and the last good checkpoint. A stop request (Ctrl-C) saves a
 //! checkpoint and returns normally with [`TrainSummary::interrupted`] set.
 
+pub mod bench;
 pub mod config;
 pub mod metrics;
 pub mod presets;
@@ -238,7 +240,7 @@ pub fn pretrain<B: Backend>(
         }
     }
     if !interrupted && step >= total {
-        checkpoint::save(run.enhancer_path(), &store, b, ENHANCER, &Default::default())?;
+        checkpoint::save(run.enhancer_path(), &store, b, ENHANCER, &cim.enhancer_metadata())?;
     }
     Ok(TrainSummary {
         start_step: start,

@@ -207,3 +207,17 @@ fn train_config_toml_round_trip_and_overlay() {
     let err = base.overlay_toml("bogus = 1\n").unwrap_err().to_string();
     assert!(err.contains("bogus"), "{err}");
 }
+
+#[test]
+fn bench_times_only_the_steps_after_warm_up() {
+    let b = R::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_cfg(dir.path());
+    let mut seen = Vec::new();
+    let r = bench::bench_pretrain(&b, &cfg, 2, 3, &mut |i, ms| seen.push((i, ms.is_some()))).unwrap();
+    assert_eq!(seen, vec![(0, false), (1, false), (2, true), (3, true), (4, true)]);
+    assert_eq!((r.batch, r.steps), (4, 3));
+    assert!(r.median_ms > 0.0 && r.mean_ms > 0.0 && r.last_loss.is_finite(), "{r:?}");
+    assert!((r.images_per_s - 4e3 / r.median_ms).abs() < 1e-9);
+    assert!(bench::bench_pretrain(&b, &cfg, 1, 0, &mut |_, _| {}).is_err());
+}

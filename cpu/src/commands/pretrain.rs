@@ -207,3 +207,59 @@ pub fn run(args: &PretrainArgs) -> Result<TrainSummary, String> {
     let s = result.map_err(|e| e.to_string())?;
     Ok(s)
 }
+
+/// The arguments of `cim bench pretrain`.
+#[derive(Args, Clone, Debug)]
+pub struct BenchPretrainArgs {
+    /// The configuration to time (as `cim pretrain --preset`).
+    #[arg(long, value_name = "NAME", default_value = presets::DEFAULT_PRESET)]
+    pub preset: String,
+    /// A TOML file overlaid on the preset.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Images per step (default: the preset's).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Untimed steps first.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub warmup: usize,
+    /// Timed steps.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub steps: usize,
+}
+
+/// Run `cim bench pretrain`: time full steps of a preset on random data and weights.
+pub fn run_bench(args: &BenchPretrainArgs) -> Result<cim_core::train::bench::PretrainBench, String> {
+    let pa = PretrainArgs {
+        preset: Some(args.preset.clone()),
+        config: args.config.clone(),
+        batch: args.batch,
+        ..Default::default()
+    };
+    let (cfg, _) = resolve(&pa)?;
+    let b = Cpu::new();
+    println!(
+        "bench pretrain: preset {}, {} px (tokenizer {} px), batch {}, {} enhancer, {}; {} threads; {} warm-up + {} timed steps",
+        cfg.preset,
+        cfg.image_size,
+        cfg.tokenizer_image_size,
+        cfg.batch,
+        cfg.enhancer.arch,
+        cfg.objective,
+        rayon::current_num_threads(),
+        args.warmup,
+        args.steps
+    );
+    let bar = ProgressBar::with_draw_target(Some((args.warmup + args.steps) as u64), ProgressDrawTarget::stderr());
+    let r = cim_core::train::bench::bench_pretrain(&b, &cfg, args.warmup, args.steps, &mut |i, ms| {
+        bar.set_position(i as u64 + 1);
+        bar.set_message(ms.map(|m| format!("{m:.1} ms")).unwrap_or_else(|| "warm-up".into()));
+    })
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    println!(
+        "{} parameters; step median {:.1} ms, mean {:.1} ms; {:.1} images/s",
+        r.params, r.median_ms, r.mean_ms, r.images_per_s
+    );
+    Ok(r)
+}

@@ -38,6 +38,9 @@ enum Command {
 enum TokenizerWhat {
     /// Train a tokenizer on a data set (Fashion-MNIST by default) and save it.
     Train(cim_cpu::commands::tokenizer::TokenizerTrainArgs),
+    /// Encode images to token maps and decode them back: reconstruction error, codebook
+    /// usage, and the maps, reconstructions and a picture in a directory.
+    Roundtrip(cim_cpu::commands::roundtrip::RoundtripArgs),
 }
 
 #[derive(Subcommand)]
@@ -115,6 +118,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        Command::Tokenizer { what: TokenizerWhat::Roundtrip(args) } => {
+            if let Err(e) = cim_cpu::commands::roundtrip::run(&args) {
+                eprintln!("error: {}", e.replace('\n', " "));
+                return ExitCode::FAILURE;
+            }
+        }
         Command::Tokenizer { what: TokenizerWhat::Train(args) } => {
             if let Err(e) = cim_cpu::commands::tokenizer::run_train(&args) {
                 eprintln!("error: {}", e.to_string().replace('\n', " "));

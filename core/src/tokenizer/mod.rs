@@ -31,10 +31,14 @@
 //! that `checkpoint::load_into(path, &mut tok, b, "")` (or [`load_tokenizer`]) loads
 //! into the tokenizer store of a [`crate::cim::CimModel`].
 
+#[cfg(feature = "std")]
+pub mod roundtrip;
 #[cfg(test)]
 mod tests;
 pub mod train;
 
+#[cfg(feature = "std")]
+pub use roundtrip::{roundtrip, Roundtrip};
 pub use train::*;
 
 use crate::arch::{ArchKind, ArchSpec};

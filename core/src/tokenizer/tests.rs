@@ -241,3 +241,50 @@ fn tokenizer_checkpoint_loads_into_a_cim_tokenizer_table() {
     let mut wrong = Tokenizer::new(&b, DvaeConfig { vocab_size: 32, ..tiny() }, 8, 1).unwrap();
     assert!(load_tokenizer(&path, &mut wrong.store, &b).is_err());
 }
+
+#[test]
+fn tokenizer_file_round_trip_encode_decode() {
+    let b = R32::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tok.safetensors");
+    let tok = Tokenizer::new(&b, tiny(), 8, 3).unwrap();
+    save_tokenizer(&path, &tok, &b, &Default::default()).unwrap();
+    let opened = Tokenizer::open(&b, &path).unwrap();
+    assert_eq!((opened.cfg, opened.image_size), (tok.cfg, 8));
+    assert_eq!(
+        opened.store.get(&b, "decoder.blocks.output.conv.w").unwrap(),
+        tok.store.get(&b, "decoder.blocks.output.conv.w").unwrap()
+    );
+
+    let x = images(&b, 3, 4);
+    let r = roundtrip(&b, &opened, &x).unwrap();
+    assert_eq!(r.tokens.len(), 3 * 4 * 4);
+    assert_eq!(r.reconstructions.len(), 3 * 3 * 8 * 8);
+    assert!(r.reconstructions.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert_eq!(r.histogram.iter().sum::<usize>(), r.tokens.len());
+    assert_eq!(r.histogram.iter().filter(|&&k| k > 0).count(), r.stats.codes_used);
+    // The per-image errors average to evaluate()'s MSE (f32 arithmetic on both sides).
+    let mean = r.image_mse.iter().sum::<f64>() / 3.0;
+    assert!((mean - r.stats.recon_mse).abs() < 1e-5 * (1.0 + mean), "{mean} vs {}", r.stats.recon_mse);
+    // Decoding the encoded maps again gives the same images.
+    let again = opened.decode(&b, &r.tokens).unwrap().to_vec(&b).unwrap();
+    assert_eq!(again, r.reconstructions);
+}
+
+#[test]
+fn tokenizer_round_trip_errors_are_clear() {
+    let b = R32::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = Tokenizer::new(&b, tiny(), 8, 3).unwrap();
+    // A checkpoint without tokenizer metadata.
+    let plain = dir.path().join("plain.safetensors");
+    crate::checkpoint::save(&plain, &tok.store, &b, "", &Default::default()).unwrap();
+    let e = Tokenizer::<R32>::open(&b, &plain).err().unwrap().to_string();
+    assert!(e.contains("not a tokenizer file"), "{e}");
+    assert!(Tokenizer::<R32>::open(&b, dir.path().join("missing.safetensors")).is_err());
+    // Wrong image size, out-of-vocabulary and partial token maps.
+    let e = tok.encode(&b, &Tensor::zeros(&b, &[1, 3, 16, 16]).unwrap()).err().unwrap().to_string();
+    assert!(e.contains("[1, 3, 16, 16]"), "{e}");
+    assert!(tok.decode(&b, &[16; 16]).err().unwrap().to_string().contains("outside the vocabulary"));
+    assert!(tok.decode(&b, &[0; 15]).err().unwrap().to_string().contains("whole"));
+}

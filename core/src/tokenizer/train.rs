@@ -172,7 +172,7 @@ impl<B: Backend> Tokenizer<B> {
         self.cfg.grid(self.image_size)
     }
 
-    fn check_images(&self, x: &Tensor<B>) -> Result<()> {
+    pub(crate) fn check_images(&self, x: &Tensor<B>) -> Result<()> {
         let s = self.image_size;
         let sh = x.shape();
         if sh.len() != 4 || sh[0] == 0 || sh[1] != self.cfg.input_channels || sh[2] != s || sh[3] != s {

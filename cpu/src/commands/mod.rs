@@ -3,4 +3,5 @@
 
 pub mod infer;
 pub mod pretrain;
+pub mod roundtrip;
 pub mod tokenizer;

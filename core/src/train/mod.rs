@@ -240,7 +240,7 @@ pub fn pretrain<B: Backend>(
         }
     }
     if !interrupted && step >= total {
-        checkpoint::save(run.enhancer_path(), &store, b, ENHANCER, &cim.enhancer_metadata())?;
+        checkpoint::save(run.enhancer_path(), &store, b, ENHANCER, &Default::default())?;
     }
     Ok(TrainSummary {
         start_step: start,

@@ -202,6 +202,11 @@ const CASES: &[Case] = &[
     ("gemm_b8_mlp_fc1_dx", |c| gemm_case(c, gemm(1, 8 * TOKENS, 768, 3072, false, true))),
     ("gemm_b64_attn_proj", |c| gemm_case(c, gemm(1, 64 * TOKENS, 768, 768, false, false))),
     ("gemm_b64_mlp_fc1", |c| gemm_case(c, gemm(1, 64 * TOKENS, 3072, 768, false, false))),
+    // The tiny-respix preset: batch 32 × 65 tokens, width 192.
+    ("gemm_tiny_qkv", |c| gemm_case(c, gemm(1, 32 * 65, 576, 192, false, false))),
+    ("gemm_tiny_mlp_fc2", |c| gemm_case(c, gemm(1, 32 * 65, 192, 768, false, false))),
+    ("gemm_tiny_mlp_fc1_dw", |c| gemm_case(c, gemm(1, 192, 768, 32 * 65, true, false))),
+    ("gemm_tiny_mlp_fc1_dx", |c| gemm_case(c, gemm(1, 32 * 65, 192, 768, false, true))),
     ("gemm_b8_attn_scores", |c| gemm_case(c, gemm(8 * 12, TOKENS, TOKENS, 64, false, true))),
     ("gemm_b8_attn_values", |c| gemm_case(c, gemm(8 * 12, TOKENS, 64, TOKENS, false, false))),
     ("conv_r50_3x3_fwd", |c| conv_case(c, resnet_3x3(), ConvPass::Forward)),

@@ -18,6 +18,20 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
     fold8(acc) + tail
 }
 
+/// `acc[i] += x[i]` in `f64` (column sums whose order must match the reference's).
+#[inline(always)]
+fn add_f64_slice(acc: &mut [f64], x: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a += v as f64;
+    }
+}
+
+dispatch!(add_f64_fast, add_f64_slice, (acc: &mut [f64], x: &[f32]));
+
+pub(crate) fn add_f64(acc: &mut [f64], x: &[f32]) {
+    add_f64_fast(acc, x)
+}
+
 /// `Σ a·b`.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {

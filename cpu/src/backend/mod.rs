@@ -508,6 +508,37 @@ impl Backend for Cpu {
             return Ok(());
         }
         let per = axis * inner;
+        if inner >= 8 && !matches!(op, ReduceOp::Max) {
+            // Column sums (a bias gradient is [rows, d] → [d]): the reference's strided
+            // walk is serial and cache-hostile, so accumulate whole rows into f64
+            // columns instead. Each column still adds its terms in the reference's
+            // order, in f64, so the result is the same to the bit; the columns are
+            // split across the workers.
+            let unit = (CHUNK / axis.max(1)).clamp(8, inner);
+            self.chunks_mut(y, unit, |off, y| {
+                let mut acc = vec![0f64; y.len()];
+                let mut done = 0;
+                while done < y.len() {
+                    let (o, i0) = ((off + done) / inner, (off + done) % inner);
+                    let len = (inner - i0).min(y.len() - done);
+                    let acc = &mut acc[done..done + len];
+                    for a in 0..axis {
+                        let row = &x[o * per + a * inner + i0..][..len];
+                        math::add_f64(acc, row);
+                    }
+                    done += len;
+                }
+                let scale = if matches!(op, ReduceOp::Mean) { Some(axis as f64) } else { None };
+                for (y, s) in y.iter_mut().zip(acc) {
+                    *y = match scale {
+                        Some(0.0) => 0.0,
+                        Some(n) => (s / n) as f32,
+                        None => s as f32,
+                    };
+                }
+            });
+            return Ok(());
+        }
         self.chunks_mut(y, units(per) * inner, |off, y| {
             let (o0, no) = (off / inner, y.len() / inner);
             kernels::reduce(op, no, axis, inner, &x[o0 * per..(o0 + no) * per], y);

@@ -719,13 +719,16 @@ fn pools_gather_reduce_delegated() {
         cpu.scatter_add_rows(d, vi(&ids), v(&want), m(&mut gt)).unwrap();
         assert_eq!(gt, wt);
 
-        let (outer, axis, inner) = (300, 17, 11);
-        let x = rnd(outer * axis * inner, 144);
-        for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
-            let (mut want, mut got) = (vec![0.0f32; outer * inner], vec![0.0f32; outer * inner]);
-            rk::reduce(op, outer, axis, inner, &x, &mut want);
-            cpu.reduce(op, outer, axis, inner, v(&x), m(&mut got)).unwrap();
-            assert_eq!(got, want, "{op:?}");
+        // Bit for bit, also through the column-sum path (inner ≥ 8) with chunks that
+        // cross rows of the output ([1, 2080, 192] is a bias gradient of the tiny preset).
+        for (outer, axis, inner) in [(300, 17, 11), (1, 2080, 192), (3, 700, 37), (2, 5, 3), (4, 0, 9)] {
+            let x = rnd(outer * axis * inner, 144);
+            for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+                let (mut want, mut got) = (vec![0.0f32; outer * inner], vec![1.0f32; outer * inner]);
+                rk::reduce(op, outer, axis, inner, &x, &mut want);
+                cpu.reduce(op, outer, axis, inner, v(&x), m(&mut got)).unwrap();
+                assert_eq!(got, want, "{op:?} {outer}x{axis}x{inner}");
+            }
         }
     }
 }

@@ -12,7 +12,9 @@
 //! - [`params`]: flat parameter buffers with a name table;
 //! - [`layers`]: layers with explicit forward and backward passes;
 //! - [`arch`]: the architecture registry (timm / torchvision / DALL-E names, serialized configs);
-//! - `checkpoint` (feature `std`): safetensors files in both directions.
+//! - `checkpoint` (feature `std`): safetensors files in both directions;
+//! - `visual` (feature `std`): pictures of corruption, enhancer outputs, templates,
+//!   tokenizers and training curves.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
@@ -39,6 +41,8 @@ pub(crate) mod testing;
 pub mod tokenizer;
 #[cfg(feature = "std")]
 pub mod train;
+#[cfg(feature = "std")]
+pub mod visual;
 
 pub use backend::Backend;
 pub use element::{DType, Element};

@@ -38,6 +38,13 @@ enum Command {
         #[command(subcommand)]
         what: TokenizerWhat,
     },
+    /// Pictures (PNG): corrupted samples, enhancer outputs, RESPIX templates, a tokenizer.
+    Visualize {
+        #[command(subcommand)]
+        what: cim_cpu::commands::visualize::VisualizeWhat,
+    },
+    /// Training curves of one or more runs (PNG) from their metrics.jsonl.
+    Plot(cim_cpu::commands::plot::PlotArgs),
 }
 
 #[derive(Subcommand)]
@@ -144,7 +151,24 @@ fn main() -> ExitCode {
                 if let Some(r) = s.last {
                     println!("last: {}", r.summary());
                 }
+                for w in &s.warnings {
+                    eprintln!("warning: {w}");
+                }
             }
+            Err(e) => {
+                eprintln!("error: {}", e.replace('\n', " "));
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Visualize { what } => match cim_cpu::commands::visualize::run(&what) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("error: {}", e.replace('\n', " "));
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Plot(args) => match cim_cpu::commands::plot::run(&args) {
+            Ok(line) => println!("{line}"),
             Err(e) => {
                 eprintln!("error: {}", e.replace('\n', " "));
                 return ExitCode::FAILURE;

@@ -140,6 +140,9 @@ pub struct PretrainConfig {
     pub seed: u64,
     pub checkpoint_every: u64,
     pub log_every: u64,
+    /// Write `RUN/samples/step-N.png` (corrupted samples of a few fixed images) every
+    /// this many steps; 0: never.
+    pub sample_every: u64,
     /// The trained tokenizer (a safetensors file with `encoder.*` and `decoder.*`);
     /// empty: `RUN/../tokenizer.safetensors`.
     pub tokenizer: PathBuf,

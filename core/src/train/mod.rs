@@ -8,7 +8,8 @@
 //! - [`config`]: [`PretrainConfig`], TOML in and out, its CIM / AdamW / schedule values;
 //! - [`presets`]: the paper's ImageNet runs and the small CPU runs (`tiny-respix`, the
 //!   default, and `tiny-revdet`);
-//! - [`run_dir`]: `RUN/config.toml`, `RUN/metrics.jsonl`, `RUN/checkpoints/`;
+//! - [`run_dir`]: `RUN/config.toml`, `RUN/metrics.jsonl`, `RUN/checkpoints/`,
+//!   `RUN/samples/`;
 //! - [`metrics`]: one logged line;
 //! - [`bench`]: the throughput of full steps (`cim bench pretrain`).
 //!
@@ -19,12 +20,15 @@
 //! (`StepInput { seed, step }`). A checkpoint holds the parameters, batch-norm state,
 //! AdamW's moments and step; resuming loads them and moves the loader to the step, so on
 //! a deterministic backend the resumed run's metrics equal the uninterrupted run's bit
-//! for bit.
+//! for bit. The sample pictures (`sample_every`) use fixed images, masks and sampling
+//! keys and run inference only, so they change nothing that training reads.
 //!
 //! # Failures
 //! A NaN or infinite loss or gradient norm stops the run with [`Error::NonFinite`]
 //! naming the step and the last good checkpoint. A stop request (Ctrl-C) saves a
-//! checkpoint and returns normally with [`TrainSummary::interrupted`] set.
+//! checkpoint and returns normally with [`TrainSummary::interrupted`] set. A sample
+//! picture that cannot be made or written is a warning ([`TrainSummary::warnings`]),
+//! never a stop.
 
 pub mod bench;
 pub mod config;
@@ -47,6 +51,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::params::ParamStore;
 use crate::tensor::Tensor;
+use crate::visual::{self, ImageBatch};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -54,6 +59,11 @@ use std::time::Instant;
 
 /// Key of the mask streams (xored into the seed).
 pub const MASK_TAG: u64 = 0x6d61_736b_7321_2121;
+
+/// Images in a sample picture (the first ones of the data set) and corrupted samples
+/// of each.
+pub const SAMPLE_IMAGES: usize = 4;
+pub const SAMPLE_DRAWS: usize = 3;
 
 /// How a run is driven.
 #[derive(Clone, Debug, Default)]
@@ -89,6 +99,8 @@ pub struct TrainSummary {
     /// Stopped early by [`TrainOptions::stop`].
     pub interrupted: bool,
     pub seconds: f64,
+    /// What went wrong without stopping the run (a sample picture not written).
+    pub warnings: Vec<String>,
 }
 
 /// Open the configuration's training data, with a hint for the default data set.
@@ -147,6 +159,7 @@ pub fn pretrain<B: Backend>(
     if cfg.workers > 0 {
         lc.workers = cfg.workers;
     }
+    let sample_source = source.clone();
     let mut loader = Loader::from_shared(source, lc)?;
     let spe = loader.steps_per_epoch();
     let total = cfg.total_steps(spe);
@@ -182,6 +195,8 @@ pub fn pretrain<B: Backend>(
     let mut last = None;
     let mut step = start;
     let mut interrupted = false;
+    let mut warnings = Vec::new();
+    let mut sample_inputs = None;
     let (e, t) = (cfg.image_size, cfg.tokenizer_image_size);
     while step < total {
         let batch = loader.next_batch()?;
@@ -228,6 +243,12 @@ pub fn pretrain<B: Backend>(
             since = Instant::now();
             images_since = 0;
         }
+        if cfg.sample_every > 0 && step % cfg.sample_every == 0 {
+            let inputs = &mut sample_inputs;
+            if let Err(e) = write_sample(b, &model, &store, &tok, cfg, sample_source.as_ref(), run, step, inputs) {
+                warnings.push(format!("step {step}: no sample picture: {e}"));
+            }
+        }
         let stop = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
         if step % cfg.checkpoint_every == 0 || step == total || stop {
             let p = run.save_state(b, step, &store, &opt, cfg)?;
@@ -250,5 +271,36 @@ pub fn pretrain<B: Backend>(
         last_checkpoint: last_ckpt,
         interrupted,
         seconds: t0.elapsed().as_secs_f64(),
+        warnings,
     })
+}
+
+/// Write `RUN/samples/step-N.png`: corrupted samples of the first [`SAMPLE_IMAGES`]
+/// images of the data set (whole images, fixed masks and sampling keys; loaded once
+/// into `inputs`).
+#[allow(clippy::too_many_arguments)]
+fn write_sample<B: Backend>(
+    b: &B,
+    model: &CimModel,
+    store: &ParamStore<B>,
+    tok: &ParamStore<B>,
+    cfg: &PretrainConfig,
+    source: &dyn Source,
+    run: &RunDir,
+    step: u64,
+    inputs: &mut Option<(ImageBatch<B>, Vec<u8>)>,
+) -> Result<PathBuf> {
+    let (batch, masks) = match inputs {
+        Some(x) => x,
+        None => {
+            let batch = visual::load_images(b, source, 0, SAMPLE_IMAGES, cfg.image_size, cfg.tokenizer_image_size)?;
+            let masks = visual::fixed_masks(&model.cfg, cfg.seed, batch.len)?;
+            inputs.insert((batch, masks))
+        }
+    };
+    let (grid, stats) = visual::corrupt_grid(b, model, store, tok, &batch.input(masks, cfg.seed, 0), SAMPLE_DRAWS)?;
+    let title = format!("step {step}: corrupted samples ({:.0}% of tokens replaced)", 100.0 * stats.replaced_frac);
+    let path = run.sample_path(step);
+    visual::save_png(&path, &grid.with_title(title).render()?)?;
+    Ok(path)
 }

@@ -73,6 +73,7 @@ fn paper(name: &str, enhancer: EnhancerSpec, objective: &str) -> PretrainConfig 
         min_lr: -1.0,
         checkpoint_every: 1000,
         log_every: 50,
+        sample_every: 1000,
         ..tiny_respix()
     }
 }
@@ -121,6 +122,7 @@ pub fn tiny_respix() -> PretrainConfig {
         seed: 0,
         checkpoint_every: 100,
         log_every: 10,
+        sample_every: 100,
         tokenizer: PathBuf::new(),
         workers: 0,
     }

@@ -6,6 +6,7 @@
 //! RUN/checkpoints/step-N.safetensors   training state after N updates
 //! RUN/checkpoints/latest               the name of the newest complete checkpoint
 //! RUN/enhancer.safetensors             the enhancer alone (timm / torchvision names), at the end
+//! RUN/samples/step-N.png               corrupted samples every `sample_every` steps
 //! ```
 //! A training checkpoint holds the whole trainable buffer (`train.params`), the state
 //! buffer (`train.state`, batch-norm statistics, where there is one) and AdamW's moments
@@ -132,6 +133,12 @@ impl RunDir {
     pub fn enhancer_path(&self) -> PathBuf {
         self.root.join("enhancer.safetensors")
     }
+    pub fn samples(&self) -> PathBuf {
+        self.root.join("samples")
+    }
+    pub fn sample_path(&self, step: u64) -> PathBuf {
+        self.samples().join(format!("step-{step}.png"))
+    }
 
     /// Create the directories.
     pub fn create(&self) -> Result<()> {
@@ -228,38 +235,73 @@ impl RunDir {
         store: &mut ParamStore<B>,
         opt: &mut OptState<B>,
     ) -> Result<Restored> {
-        let bytes = fs::read(path).map_err(|e| io_err(path, "cannot read", e))?;
-        let bad = |e: safetensors::SafeTensorError| io_err(path, "not a valid checkpoint (truncated or corrupt?)", e);
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(bad)?;
-        let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
-        if metadata.get(META_KIND).map(String::as_str) != Some(KIND_PRETRAIN) {
-            return Err(io_err(
-                path,
-                "not a cim pre-training checkpoint",
-                format!("{META_KIND} is not {KIND_PRETRAIN}"),
-            ));
-        }
-        let num = |k: &str| -> Result<u64> {
-            metadata
-                .get(k)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| io_err(path, "bad metadata", format!("{k} missing or not a number")))
-        };
-        let (step, opt_step) = (num(META_STEP)?, num(META_OPT_STEP)?);
-        let st = SafeTensors::deserialize(&bytes).map_err(bad)?;
+        let ck = read_state(path)?;
+        let st = SafeTensors::deserialize(&ck.bytes).map_err(|e| bad_file(path, e))?;
         let n = store.table.params_len();
-        let s = store.table.state_len();
-        let params = decode::<B::E>(path, &st, "train.params", n)?;
-        let state = if s > 0 { Some(decode::<B::E>(path, &st, "train.state", s)?) } else { None };
+        let (params, state) = decode_weights::<B>(path, &st, store)?;
         let m = decode::<B::E>(path, &st, "optim.m", n)?;
         let v = decode::<B::E>(path, &st, "optim.v", n)?;
-        store.params = b.upload(&params)?;
-        if let Some(state) = state {
-            store.state = b.upload(&state)?;
-        }
+        upload_weights(b, store, &params, state.as_deref())?;
         opt.m = b.upload(&m)?;
         opt.v = b.upload(&v)?;
-        opt.step = opt_step;
-        Ok(Restored { step, path: path.to_path_buf(), metadata })
+        opt.step = ck.opt_step;
+        Ok(Restored { step: ck.step, path: path.to_path_buf(), metadata: ck.metadata })
     }
+
+    /// Restore only the parameters and batch-norm state from the training checkpoint
+    /// at `path` (for inference: no optimizer moments are read). Nothing is changed
+    /// unless they fit.
+    pub fn load_weights<B: Backend>(path: &Path, b: &B, store: &mut ParamStore<B>) -> Result<Restored> {
+        let ck = read_state(path)?;
+        let st = SafeTensors::deserialize(&ck.bytes).map_err(|e| bad_file(path, e))?;
+        let (params, state) = decode_weights::<B>(path, &st, store)?;
+        upload_weights(b, store, &params, state.as_deref())?;
+        Ok(Restored { step: ck.step, path: path.to_path_buf(), metadata: ck.metadata })
+    }
+}
+
+/// A training checkpoint's bytes and the metadata every restore checks.
+struct StateFile {
+    bytes: Vec<u8>,
+    metadata: BTreeMap<String, String>,
+    step: u64,
+    opt_step: u64,
+}
+
+fn bad_file(path: &Path, e: safetensors::SafeTensorError) -> Error {
+    io_err(path, "not a valid checkpoint (truncated or corrupt?)", e)
+}
+
+fn read_state(path: &Path) -> Result<StateFile> {
+    let bytes = fs::read(path).map_err(|e| io_err(path, "cannot read", e))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad_file(path, e))?;
+    let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    if metadata.get(META_KIND).map(String::as_str) != Some(KIND_PRETRAIN) {
+        return Err(io_err(path, "not a cim pre-training checkpoint", format!("{META_KIND} is not {KIND_PRETRAIN}")));
+    }
+    let num = |k: &str| -> Result<u64> {
+        metadata
+            .get(k)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io_err(path, "bad metadata", format!("{k} missing or not a number")))
+    };
+    let (step, opt_step) = (num(META_STEP)?, num(META_OPT_STEP)?);
+    Ok(StateFile { bytes, metadata, step, opt_step })
+}
+
+type Weights<E> = (Vec<E>, Option<Vec<E>>);
+
+fn decode_weights<B: Backend>(path: &Path, st: &SafeTensors<'_>, store: &ParamStore<B>) -> Result<Weights<B::E>> {
+    let s = store.table.state_len();
+    let params = decode::<B::E>(path, st, "train.params", store.table.params_len())?;
+    let state = if s > 0 { Some(decode::<B::E>(path, st, "train.state", s)?) } else { None };
+    Ok((params, state))
+}
+
+fn upload_weights<B: Backend>(b: &B, store: &mut ParamStore<B>, params: &[B::E], state: Option<&[B::E]>) -> Result<()> {
+    store.params = b.upload(params)?;
+    if let Some(state) = state {
+        store.state = b.upload(state)?;
+    }
+    Ok(())
 }

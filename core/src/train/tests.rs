@@ -221,3 +221,45 @@ fn bench_times_only_the_steps_after_warm_up() {
     assert!((r.images_per_s - 4e3 / r.median_ms).abs() < 1e-9);
     assert!(bench::bench_pretrain(&b, &cfg, 1, 0, &mut |_, _| {}).is_err());
 }
+
+#[test]
+fn train_sample_pictures_do_not_change_training() {
+    let b = R::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = PretrainConfig { steps: 4, checkpoint_every: 100, ..tiny_cfg(tmp.path()) };
+    write_tokenizer(&b, &cfg);
+    let off = tmp.path().join("off");
+    let s = run(&b, &PretrainConfig { sample_every: 0, ..cfg.clone() }, &off, false).unwrap();
+    assert!(s.warnings.is_empty() && !RunDir::new(&off).samples().exists());
+    let on = tmp.path().join("on");
+    let s = run(&b, &PretrainConfig { sample_every: 2, ..cfg.clone() }, &on, false).unwrap();
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    assert_eq!(lines(&off), lines(&on), "sample pictures changed the training metrics");
+    let rd = RunDir::new(&on);
+    for step in [2, 4] {
+        let img = image::open(rd.sample_path(step)).unwrap();
+        // 4 images of 16 px at 8× under a title: original, masked, dVAE recon, 3 samples.
+        let cols = 3 + SAMPLE_DRAWS as u32;
+        let want = crate::visual::grid::grid_size(cols, SAMPLE_IMAGES as u32, 128, 128, true);
+        assert_eq!((img.width(), img.height()), want);
+    }
+    assert!(!rd.sample_path(1).exists() && !rd.sample_path(3).exists());
+}
+
+#[test]
+fn train_sample_failure_is_a_warning() {
+    let b = R::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = PretrainConfig { steps: 2, checkpoint_every: 100, sample_every: 1, ..tiny_cfg(tmp.path()) };
+    write_tokenizer(&b, &cfg);
+    let dir = tmp.path().join("run");
+    let rd = RunDir::new(&dir);
+    rd.create().unwrap();
+    // RUN/samples is a file: no picture can be written there.
+    std::fs::write(rd.samples(), b"in the way").unwrap();
+    let s = run(&b, &cfg, &dir, false).unwrap();
+    assert_eq!(s.steps, 2);
+    assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+    assert!(s.warnings[0].starts_with("step 1: no sample picture"), "{:?}", s.warnings);
+    assert!(rd.enhancer_path().is_file(), "the run finished");
+}

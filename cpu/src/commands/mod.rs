@@ -2,6 +2,8 @@
 //! arguments and returns what it did, or a one-line error for the binary to print.
 
 pub mod infer;
+pub mod plot;
 pub mod pretrain;
 pub mod roundtrip;
 pub mod tokenizer;
+pub mod visualize;

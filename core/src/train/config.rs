@@ -139,6 +139,9 @@ pub struct PretrainConfig {
     pub clip: f64,
     pub seed: u64,
     pub checkpoint_every: u64,
+    /// Keep the newest this many step checkpoints, deleting older ones after each save
+    /// (0: keep all). The one `latest` names is never deleted.
+    pub keep_checkpoints: usize,
     pub log_every: u64,
     /// Write `RUN/samples/step-N.png` (corrupted samples of a few fixed images) every
     /// this many steps; 0: never.

@@ -254,6 +254,9 @@ pub fn pretrain<B: Backend>(
             let p = run.save_state(b, step, &store, &opt, cfg)?;
             on_event(&Event::Checkpoint { step, path: p.clone() });
             last_ckpt = Some(p);
+            if let Err(e) = run.prune_checkpoints(cfg.keep_checkpoints) {
+                warnings.push(format!("step {step}: old checkpoints not deleted: {e}"));
+            }
         }
         if stop {
             interrupted = true;

@@ -121,6 +121,7 @@ pub fn tiny_respix() -> PretrainConfig {
         clip: 3.0,
         seed: 0,
         checkpoint_every: 100,
+        keep_checkpoints: 3,
         log_every: 10,
         sample_every: 100,
         tokenizer: PathBuf::new(),

@@ -3,7 +3,8 @@
 //! ```text
 //! RUN/config.toml                      the resolved configuration
 //! RUN/metrics.jsonl                    one MetricsRecord per logged step
-//! RUN/checkpoints/step-N.safetensors   training state after N updates
+//! RUN/checkpoints/step-N.safetensors   training state after N updates (the newest
+//!                                      `keep_checkpoints` of them)
 //! RUN/checkpoints/latest               the name of the newest complete checkpoint
 //! RUN/enhancer.safetensors             the enhancer alone (timm / torchvision names), at the end
 //! RUN/samples/step-N.png               corrupted samples every `sample_every` steps
@@ -155,6 +156,41 @@ impl RunDir {
         let name = fs::read_to_string(self.latest_path()).ok()?;
         let p = self.checkpoints().join(name.trim());
         p.is_file().then_some(p)
+    }
+
+    /// The step checkpoints present, oldest first.
+    pub fn step_checkpoints(&self) -> Vec<(u64, PathBuf)> {
+        let mut v: Vec<(u64, PathBuf)> = fs::read_dir(self.checkpoints())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let step = name.strip_prefix("step-")?.strip_suffix(".safetensors")?.parse().ok()?;
+                Some((step, e.path()))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Delete all but the newest `keep` step checkpoints (none with `keep` 0), never the
+    /// one `latest` names. Returns the deleted files.
+    pub fn prune_checkpoints(&self, keep: usize) -> Result<Vec<PathBuf>> {
+        let all = self.step_checkpoints();
+        if keep == 0 || all.len() <= keep {
+            return Ok(Vec::new());
+        }
+        let latest = self.latest();
+        let mut deleted = Vec::new();
+        for (_, p) in &all[..all.len() - keep] {
+            if Some(p) == latest.as_ref() {
+                continue;
+            }
+            fs::remove_file(p).map_err(|e| io_err(p, "cannot delete", e))?;
+            deleted.push(p.clone());
+        }
+        Ok(deleted)
     }
 
     /// Start `metrics.jsonl` afresh, or (resuming at `step`) keep only the lines before it.

@@ -263,3 +263,28 @@ fn train_sample_failure_is_a_warning() {
     assert!(s.warnings[0].starts_with("step 1: no sample picture"), "{:?}", s.warnings);
     assert!(rd.enhancer_path().is_file(), "the run finished");
 }
+
+#[test]
+fn train_keeps_the_newest_checkpoints() {
+    let b = R::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = PretrainConfig { steps: 6, checkpoint_every: 1, keep_checkpoints: 2, ..tiny_cfg(tmp.path()) };
+    write_tokenizer(&b, &cfg);
+    let dir = tmp.path().join("run");
+    let s = run(&b, &cfg, &dir, false).unwrap();
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    let rd = RunDir::new(&dir);
+    let steps: Vec<u64> = rd.step_checkpoints().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(steps, vec![5, 6]);
+    assert_eq!(rd.latest(), Some(rd.checkpoint_path(6)));
+    // 0 keeps all; the checkpoint `latest` names survives even when it is not the newest.
+    let all = tmp.path().join("all");
+    run(&b, &PretrainConfig { keep_checkpoints: 0, ..cfg.clone() }, &all, false).unwrap();
+    assert_eq!(RunDir::new(&all).step_checkpoints().len(), 6);
+    let rd = RunDir::new(&all);
+    std::fs::write(rd.latest_path(), "step-1.safetensors").unwrap();
+    let gone = rd.prune_checkpoints(1).unwrap();
+    assert_eq!(gone.len(), 4);
+    let left: Vec<u64> = rd.step_checkpoints().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(left, vec![1, 6]);
+}

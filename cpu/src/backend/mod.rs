@@ -650,7 +650,23 @@ impl Backend for Cpu {
         self.chunks_mut(out, units(classes), |r0, out| {
             let x = &logits[r0 * classes..(r0 + out.len()) * classes];
             let off = offset.wrapping_add((r0 as u64).wrapping_mul(classes as u64));
-            kernels::sample_categorical(out.len(), classes, temperature, seed, off, x, out);
+            // The reference's rule (score `l / T + g` in f32, first maximum, NaN counts as
+            // the greatest), with the noise of a whole chunk drawn block-wise.
+            let mut g = vec![0f32; x.len()];
+            cim_core::rng::gumbel_fill(seed, off, &mut g);
+            let temp = temperature as f32;
+            for (r, o) in out.iter_mut().enumerate() {
+                let (row, noise) = (&x[r * classes..(r + 1) * classes], &g[r * classes..(r + 1) * classes]);
+                let (mut best, mut best_i) = (f32::NEG_INFINITY, 0u32);
+                for (c, (&l, &n)) in row.iter().zip(noise).enumerate() {
+                    let v = l / temp + n;
+                    if c == 0 || (!best.is_nan() && (v.is_nan() || v > best)) {
+                        best = v;
+                        best_i = c as u32;
+                    }
+                }
+                *o = best_i;
+            }
         });
         Ok(())
     }

@@ -12,6 +12,7 @@
 //! - [`params`]: flat parameter buffers with a name table;
 //! - [`layers`]: layers with explicit forward and backward passes;
 //! - [`arch`]: the architecture registry (timm / torchvision / DALL-E names, serialized configs);
+//! - [`embedded`]: a model from safetensors bytes in memory, without `std`;
 //! - `checkpoint` (feature `std`): safetensors files in both directions;
 //! - `visual` (feature `std`): pictures of corruption, enhancer outputs, templates,
 //!   tokenizers and training curves.
@@ -28,6 +29,7 @@ pub mod cim;
 #[cfg(feature = "std")]
 pub mod data;
 pub mod element;
+pub mod embedded;
 pub mod error;
 pub mod layers;
 pub mod models;

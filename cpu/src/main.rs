@@ -30,6 +30,8 @@ enum Command {
     },
     /// Run a checkpoint (.safetensors) on an input (.npy or image), writing a .npy.
     Infer(cim_cpu::commands::infer::InferArgs),
+    /// Write an enhancer (with no head, its RESPIX / REVDET head or a classifier) as an ONNX model.
+    Export(cim_cpu::commands::export::ExportArgs),
     /// CIM pre-training (default: the tiny RESPIX preset on Fashion-MNIST, training a
     /// tokenizer first where none exists).
     Pretrain(cim_cpu::commands::pretrain::PretrainArgs),
@@ -75,6 +77,8 @@ enum BenchWhat {
     },
     /// Time full pre-training steps (both views uploaded, the CIM step, AdamW) of a preset.
     Pretrain(cim_cpu::commands::pretrain::BenchPretrainArgs),
+    /// Time inference of an enhancer on the CPU backend and, exported to ONNX, through tract.
+    Infer(cim_cpu::commands::bench_infer::BenchInferArgs),
 }
 
 fn main() -> ExitCode {
@@ -112,6 +116,56 @@ fn main() -> ExitCode {
         }
         Command::Bench { what: BenchWhat::Pretrain(args) } => {
             if let Err(e) = cim_cpu::commands::pretrain::run_bench(&args) {
+                eprintln!("error: {}", e.replace('\n', " "));
+                return ExitCode::FAILURE;
+            }
+        }
+        Command::Export(args) => match cim_cpu::commands::export::run(&args) {
+            Ok(o) => {
+                let weights = if args.half { "f16" } else { "f32" };
+                let size = if o.bytes >= 1_000_000 {
+                    format!("{:.1} MB", o.bytes as f64 / 1e6)
+                } else {
+                    format!("{:.1} kB", o.bytes as f64 / 1e3)
+                };
+                println!(
+                    "{}: {} + head {}: {} -> {}; wrote {} ({size}, {weights} weights)",
+                    o.source.display(),
+                    o.arch,
+                    o.head,
+                    o.input,
+                    o.output,
+                    args.out.display(),
+                );
+                if let Some(c) = o.check {
+                    println!(
+                        "check (tract vs CPU backend, batch {}, {:?}): max abs error {:.3e}, max rel error {:.3e} (≤ {:e})",
+                        cim_cpu::commands::export::CHECK_BATCH,
+                        c.shape,
+                        c.max_abs,
+                        c.max_rel,
+                        o.tolerance
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {}", e.replace('\n', " "));
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Bench { what: BenchWhat::Infer(args) } => {
+            println!(
+                "{:<28} {:>5} {:<8} {:>11} {:>9} {:>8}",
+                "model", "batch", "runtime", "median ms", "img/s", "load s"
+            );
+            let mut print = |r: &cim_cpu::commands::bench_infer::InferTiming| {
+                let load = r.load_s.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<28} {:>5} {:<8} {:>11.1} {:>9.2} {:>8}",
+                    r.arch, r.batch, r.runtime, r.median_ms, r.images_per_s, load
+                );
+            };
+            if let Err(e) = cim_cpu::commands::bench_infer::run(&args, &mut print) {
                 eprintln!("error: {}", e.replace('\n', " "));
                 return ExitCode::FAILURE;
             }

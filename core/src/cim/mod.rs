@@ -53,14 +53,16 @@ pub use optim::{apply_optimizer, param_groups, AdamWConfig, OptState, OptStats};
 pub use schedule::LrSchedule;
 pub use step::{StepInput, StepOutput};
 
-use crate::arch::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::arch::{ArchKind, ArchSpec, IMAGENET_MEAN, IMAGENET_STD};
 use crate::error::{invalid, Result};
 use crate::models::beit::{Beit, BeitConfig};
 use crate::models::dvae::DvaeConfig;
 use crate::models::masking::{scaled_range, BlockMasking, Masking, RandomMasking};
 use crate::models::resnet::ResNetConfig;
 use crate::models::vit::VitConfig;
+use alloc::collections::BTreeMap;
 use alloc::format;
+use alloc::string::{String, ToString};
 
 pub(crate) const OP: &str = "CIM";
 
@@ -258,6 +260,36 @@ impl CimConfig {
             MaskStrategy::Random => Masking::Random(RandomMasking::new(g * g, lo, hi)?),
             MaskStrategy::Block => Masking::Block(BlockMasking::new(g, g, (lo + hi) / 2)?),
         })
+    }
+
+    /// The enhancer as a registry architecture (no classifier): what
+    /// `RUN/enhancer.safetensors` holds under timm / torchvision names.
+    pub fn enhancer_arch(&self) -> ArchSpec {
+        let kind = match self.enhancer {
+            EnhancerKind::Vit(cfg) => ArchKind::Vit { cfg, classes: None },
+            EnhancerKind::ResNet { cfg, .. } => {
+                ArchKind::ResNet { cfg: ResNetConfig { num_classes: None, ..cfg }, img_size: self.image_size }
+            }
+        };
+        ArchSpec { kind }
+    }
+
+    /// The metadata of the saved enhancer: [`ArchSpec::metadata`] of
+    /// [`CimConfig::enhancer_arch`] with this run's input normalization, plus
+    /// `cim.objective` (`respix` / `revdet`, the pre-training head) and `cim.patch_size`
+    /// (the token grid's patch).
+    pub fn enhancer_metadata(&self) -> BTreeMap<String, String> {
+        let mut m = self.enhancer_arch().metadata();
+        let join = |v: &[f64; 3]| v.iter().map(|x| format!("{x}")).collect::<alloc::vec::Vec<_>>().join(",");
+        m.insert("cim.mean".to_string(), join(&self.mean));
+        m.insert("cim.std".to_string(), join(&self.std));
+        let objective = match self.objective {
+            Objective::Respix { .. } => "respix",
+            Objective::Revdet => "revdet",
+        };
+        m.insert("cim.objective".to_string(), objective.to_string());
+        m.insert("cim.patch_size".to_string(), self.enhancer.patch_size().to_string());
+        m
     }
 
     /// Check that every size and setting fits; the error says what does not.

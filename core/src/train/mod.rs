@@ -264,7 +264,7 @@ pub fn pretrain<B: Backend>(
         }
     }
     if !interrupted && step >= total {
-        checkpoint::save(run.enhancer_path(), &store, b, ENHANCER, &Default::default())?;
+        checkpoint::save(run.enhancer_path(), &store, b, ENHANCER, &cim.enhancer_metadata())?;
     }
     Ok(TrainSummary {
         start_step: start,

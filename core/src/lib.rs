@@ -31,6 +31,8 @@ pub mod data;
 pub mod element;
 pub mod embedded;
 pub mod error;
+#[cfg(feature = "std")]
+pub mod eval;
 pub mod layers;
 pub mod models;
 pub mod ops;

@@ -28,7 +28,8 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
-    /// Run a checkpoint (.safetensors) on an input (.npy or image), writing a .npy.
+    /// Run a checkpoint (.safetensors) on the CPU backend, or an ONNX model through tract, on an
+    /// input (.npy or image), writing a .npy (or a RESPIX model's restored image).
     Infer(cim_cpu::commands::infer::InferArgs),
     /// Write an enhancer (with no head, its RESPIX / REVDET head or a classifier) as an ONNX model.
     Export(cim_cpu::commands::export::ExportArgs),
@@ -47,6 +48,11 @@ enum Command {
     },
     /// Training curves of one or more runs (PNG) from their metrics.jsonl.
     Plot(cim_cpu::commands::plot::PlotArgs),
+    /// Downstream evaluation of a pre-trained encoder: linear probe or fine-tuning.
+    Eval {
+        #[command(subcommand)]
+        what: cim_cpu::commands::eval::EvalWhat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -215,6 +221,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Visualize { what } => match cim_cpu::commands::visualize::run(&what) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("error: {}", e.replace('\n', " "));
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Eval { what } => match cim_cpu::commands::eval::run(&what) {
             Ok(line) => println!("{line}"),
             Err(e) => {
                 eprintln!("error: {}", e.replace('\n', " "));

@@ -5,6 +5,8 @@
 //!   first-level sub-folder); every source is a [`Source`] of [`Sample`]s.
 //! - [`augment`]: the paper's random resized crop and flip, one crop giving the enhancer
 //!   and the tokenizer views; an evaluation center crop; a plain resize.
+//! - [`labeled`]: both splits of a labelled data set, checked for evaluation
+//!   ([`open_labeled`]), and a seeded [`Subset`] of a source.
 //! - [`loader`]: batches assembled on worker threads with prefetch, deterministic under a
 //!   seed whatever the thread count, resumable at any step, skipping (and reporting)
 //!   unreadable images.
@@ -19,6 +21,7 @@
 //! ```
 
 pub mod augment;
+pub mod labeled;
 pub mod loader;
 pub mod source;
 
@@ -26,6 +29,7 @@ pub mod source;
 mod tests;
 
 pub use augment::{Augment, CropBox, Filter, Geometry, RandomResizedCrop, ViewSpec, Views};
+pub use labeled::{open_labeled, Labeled, Subset};
 pub use loader::{epoch_permutation, sample_stream, Batch, Loader, LoaderConfig, LoaderReport};
 pub use source::{
     decode_file, open_cifar, open_idx, ArraySource, Dataset, Format, ImageFolder, Sample, Source, Split,

@@ -582,3 +582,92 @@ fn fashion_mnist_if_installed() {
     assert_eq!(b.enhancer_shape(), [64, 3, 32, 32]);
     assert_eq!(b.labels.unwrap().len(), 64);
 }
+
+#[test]
+fn labeled_idx_splits_and_missing_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    write_idx_dir(dir.path(), "train", false);
+    write_idx_dir(dir.path(), "t10k", true);
+    let l = open_labeled(dir.path()).unwrap();
+    assert_eq!((l.train.len(), l.test.len(), l.classes), (3, 3, 8));
+    assert!(l.class_names.is_none());
+    assert_eq!(l.test.get(2).unwrap().label, Some(7));
+    // A test label beyond the training split's classes.
+    fs::write(dir.path().join("t10k-labels-idx1-ubyte.gz"), gz(&idx_bytes(8, &[3], &[1, 9, 0]))).unwrap();
+    let e = err_text(open_labeled(dir.path()));
+    assert!(e.contains("labels up to 9") && e.contains("only 8 classes") && e.contains("do not match"), "{e}");
+    // The test split's label file is missing.
+    fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let e = err_text(open_labeled(dir.path()));
+    assert!(e.contains("no labels file for the Test split") && e.contains("t10k-labels-idx1-ubyte"), "{e}");
+    // One class only.
+    fs::write(dir.path().join("train-labels-idx1-ubyte"), idx_bytes(8, &[3], &[0, 0, 0])).unwrap();
+    fs::write(dir.path().join("t10k-labels-idx1-ubyte"), idx_bytes(8, &[3], &[0, 0, 0])).unwrap();
+    let e = err_text(open_labeled(dir.path()));
+    assert!(e.contains("at least 2"), "{e}");
+}
+
+#[test]
+fn labeled_cifar10_reads_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("data_batch_1.bin"), [cifar_record(&[3], 0), cifar_record(&[9], 1)].concat()).unwrap();
+    fs::write(dir.path().join("test_batch.bin"), cifar_record(&[4], 2)).unwrap();
+    let l = open_labeled(dir.path()).unwrap();
+    assert_eq!((l.train.len(), l.test.len(), l.classes), (2, 1, 10));
+    assert_eq!(l.train.get(1).unwrap().label, Some(9));
+    // No test batch: the error names it.
+    fs::remove_file(dir.path().join("test_batch.bin")).unwrap();
+    let e = err_text(open_labeled(dir.path()));
+    assert!(e.contains("test_batch.bin"), "{e}");
+}
+
+#[test]
+fn labeled_image_folder_checks_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for (split, class, name) in
+        [("train", "bag", "1"), ("train", "coat", "2"), ("val", "bag", "3"), ("val", "coat", "4")]
+    {
+        save(&position_image(6, 6), &root.join(format!("{split}/{class}/{name}.png")));
+    }
+    let l = open_labeled(root).unwrap();
+    assert_eq!((l.train.len(), l.test.len(), l.classes), (2, 2, 2));
+    assert_eq!(l.class_names.as_deref(), Some(&["bag".to_string(), "coat".to_string()][..]));
+    assert_eq!(l.test.get(1).unwrap().label, Some(1));
+    // A class missing from the test split would shift its labels: refused.
+    save(&position_image(6, 6), &root.join("train/dress/5.png"));
+    let e = err_text(open_labeled(root));
+    assert!(e.contains("different classes") && e.contains("only in training [\"dress\"]"), "{e}");
+    save(&position_image(6, 6), &root.join("val/dress/6.png"));
+    assert_eq!(open_labeled(root).unwrap().classes, 3);
+    // An image outside the class folders has no label.
+    save(&position_image(6, 6), &root.join("val/loose.png"));
+    let e = err_text(open_labeled(root));
+    assert!(e.contains("outside the class sub-folders") && e.contains("loose.png"), "{e}");
+    // No split folders: no held-out test split.
+    let flat = tempfile::tempdir().unwrap();
+    save(&position_image(6, 6), &flat.path().join("bag/1.png"));
+    save(&position_image(6, 6), &flat.path().join("coat/2.png"));
+    let e = err_text(open_labeled(flat.path()));
+    assert!(e.contains("no train/ and val/"), "{e}");
+    // Images but no class folders at all.
+    let bare = tempfile::tempdir().unwrap();
+    save(&position_image(6, 6), &bare.path().join("train/1.png"));
+    save(&position_image(6, 6), &bare.path().join("val/2.png"));
+    let e = err_text(open_labeled(bare.path()));
+    assert!(e.contains("no class sub-folders"), "{e}");
+}
+
+#[test]
+fn subset_is_a_seeded_sorted_sample() {
+    let src: std::sync::Arc<dyn Source> = std::sync::Arc::new(synthetic(50));
+    let a = Subset::sample(src.clone(), 20, 3);
+    assert_eq!(a.len(), 20);
+    assert!(a.indices().windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(a.indices(), Subset::sample(src.clone(), 20, 3).indices());
+    assert_ne!(a.indices(), Subset::sample(src.clone(), 20, 4).indices());
+    assert_eq!(a.get(5).unwrap(), src.get(a.indices()[5]).unwrap());
+    assert!(a.get(20).is_err());
+    assert_eq!(Subset::sample(src.clone(), 80, 3).len(), 50);
+    assert!(Subset::new(src, vec![1, 50]).is_err());
+}

@@ -19,7 +19,8 @@ pub(crate) fn cfg_err(detail: impl Into<String>) -> Error {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EnhancerSpec {
-    /// `"vit"`, `"resnet18"` or `"resnet50"`.
+    /// `"vit"`, `"resnet18"`, `"resnet50"`, or a serialized ResNet configuration such as
+    /// `"resnet(block=basic,layers=2-2-2-2,width=16,stem=small)"` (its stem overrides `stem`).
     pub arch: String,
     /// Token-grid patch size (the ViT's patch; a ResNet's token grid).
     pub patch_size: usize,
@@ -223,7 +224,26 @@ impl PretrainConfig {
                     generator_heads: e.generator_heads,
                 }
             }
-            a => return Err(cfg_err(format!("unknown enhancer {a:?} (vit, resnet18, resnet50)"))),
+            a if a.starts_with("resnet(") => {
+                // Any ResNet of the registry's serialized form (e.g. a narrow one for CPU
+                // runs); its stem comes from the string.
+                let spec = crate::arch::ArchSpec::parse(a).map_err(|err| cfg_err(format!("enhancer {a:?}: {err}")))?;
+                let crate::arch::ArchKind::ResNet { cfg: rc, .. } = spec.kind else {
+                    return Err(cfg_err(format!("enhancer {a:?} is not a ResNet")));
+                };
+                EnhancerKind::ResNet {
+                    cfg: ResNetConfig { num_classes: None, ..rc },
+                    patch_size: e.patch_size,
+                    generator_width: e.generator_width,
+                    generator_heads: e.generator_heads,
+                }
+            }
+            a => {
+                return Err(cfg_err(format!(
+                    "unknown enhancer {a:?} (vit, resnet18, resnet50, or a ResNet configuration such as \
+                     resnet(block=basic,layers=2-2-2-2,width=16,stem=small))"
+                )))
+            }
         };
         let norm = match self.respix_norm.as_str() {
             "window" => RespixNorm::SlidingWindow { k: self.respix_k },

@@ -60,7 +60,8 @@ pub struct Restored {
     pub metadata: BTreeMap<String, String>,
 }
 
-struct Flat {
+/// A flat tensor ready to be written (also used by `eval::finetune`'s checkpoints).
+pub(crate) struct Flat {
     dtype: Dtype,
     shape: Vec<usize>,
     data: Vec<u8>,
@@ -81,7 +82,7 @@ impl safetensors::View for &Flat {
     }
 }
 
-fn encode<E: Element>(values: &[E]) -> Flat {
+pub(crate) fn encode<E: Element>(values: &[E]) -> Flat {
     let (dtype, data) = if E::DTYPE == DType::F64 {
         (Dtype::F64, values.iter().flat_map(|v| v.f64().to_le_bytes()).collect())
     } else {
@@ -90,7 +91,7 @@ fn encode<E: Element>(values: &[E]) -> Flat {
     Flat { dtype, shape: vec![values.len()], data }
 }
 
-fn decode<E: Element>(path: &Path, st: &SafeTensors<'_>, name: &str, len: usize) -> Result<Vec<E>> {
+pub(crate) fn decode<E: Element>(path: &Path, st: &SafeTensors<'_>, name: &str, len: usize) -> Result<Vec<E>> {
     let v = st.tensor(name).map_err(|e| io_err(path, &format!("tensor {name}"), e))?;
     let d = v.data();
     let out: Vec<E> = match v.dtype() {

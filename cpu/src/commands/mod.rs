@@ -2,6 +2,7 @@
 //! arguments and returns what it did, or a one-line error for the binary to print.
 
 pub mod bench_infer;
+pub mod eval;
 pub mod export;
 pub mod infer;
 pub mod plot;

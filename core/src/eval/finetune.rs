@@ -49,12 +49,12 @@ use crate::models::resnet::{ResNet, ResNetConfig};
 use crate::models::vit::{Vit, VitConfig};
 use crate::params::{Kind, ParamStore, ParamTable};
 use crate::rng::Stream;
-use crate::tensor::{Tensor, View};
-use crate::train::run_dir::{decode, encode, Flat};
+use crate::tensor::Tensor;
+use crate::train::run_dir::decode;
 use crate::train::RunDir;
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -545,32 +545,13 @@ fn save_state<B: Backend>(
     opt: &OptState<B>,
     cfg: &FinetuneConfig,
 ) -> Result<PathBuf> {
-    let path = run.checkpoint_path(step);
-    let (n, s) = (store.table.params_len(), store.table.state_len());
-    let mut tensors: BTreeMap<String, Flat> = BTreeMap::new();
-    tensors.insert("train.params".into(), encode(&b.download(View { buf: &store.params, offset: 0, len: n })?));
-    if s > 0 {
-        tensors.insert("train.state".into(), encode(&b.download(View { buf: &store.state, offset: 0, len: s })?));
-    }
-    tensors.insert("optim.m".into(), encode(&b.download(View { buf: &opt.m, offset: 0, len: n })?));
-    tensors.insert("optim.v".into(), encode(&b.download(View { buf: &opt.v, offset: 0, len: n })?));
-    let meta: HashMap<String, String> = [
+    let meta = vec![
         ("cim.kind", KIND_FINETUNE.to_string()),
         ("cim.step", step.to_string()),
         ("cim.optimizer_step", opt.step.to_string()),
         ("cim.config", cfg.to_toml()),
-        ("cim.version", env!("CARGO_PKG_VERSION").to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let views: Vec<(String, &Flat)> = tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
-    let bytes =
-        safetensors::serialize(views, Some(meta)).map_err(|e| ck_err(&path, format!("cannot serialize: {e}")))?;
-    checkpoint::write_atomic(&path, &bytes)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    checkpoint::write_atomic(&run.latest_path(), name.as_bytes())?;
-    Ok(path)
+    ];
+    run.save_buffers(b, step, store, opt, meta)
 }
 
 /// Restore a state saved by [`save_state`]; returns its step. Nothing changes unless the

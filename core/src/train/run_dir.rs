@@ -60,8 +60,8 @@ pub struct Restored {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// A flat tensor ready to be written (also used by `eval::finetune`'s checkpoints).
-pub(crate) struct Flat {
+/// A flat tensor ready to be written.
+struct Flat {
     dtype: Dtype,
     shape: Vec<usize>,
     data: Vec<u8>,
@@ -82,7 +82,7 @@ impl safetensors::View for &Flat {
     }
 }
 
-pub(crate) fn encode<E: Element>(values: &[E]) -> Flat {
+fn encode<E: Element>(values: &[E]) -> Flat {
     let (dtype, data) = if E::DTYPE == DType::F64 {
         (Dtype::F64, values.iter().flat_map(|v| v.f64().to_le_bytes()).collect())
     } else {
@@ -234,6 +234,28 @@ impl RunDir {
         opt: &OptState<B>,
         cfg: &PretrainConfig,
     ) -> Result<PathBuf> {
+        let meta = vec![
+            (META_KIND, KIND_PRETRAIN.to_string()),
+            (META_STEP, step.to_string()),
+            (META_OPT_STEP, opt.step.to_string()),
+            (META_SEED, cfg.seed.to_string()),
+            (META_LOADER_STEP, step.to_string()),
+            (META_CONFIG, cfg.to_toml()),
+        ];
+        self.save_buffers(b, step, store, opt, meta)
+    }
+
+    /// Write `checkpoint_path(step)` with the parameters, state and AdamW moments as flat
+    /// tensors plus `meta` (and `cim.version`), then point `latest` at it; both writes are
+    /// atomic. Shared by pre-training and fine-tuning runs.
+    pub(crate) fn save_buffers<B: Backend>(
+        &self,
+        b: &B,
+        step: u64,
+        store: &ParamStore<B>,
+        opt: &OptState<B>,
+        meta: Vec<(&str, String)>,
+    ) -> Result<PathBuf> {
         let path = self.checkpoint_path(step);
         let n = store.table.params_len();
         let s = store.table.state_len();
@@ -244,18 +266,11 @@ impl RunDir {
         }
         tensors.insert("optim.m".into(), encode(&b.download(View { buf: &opt.m, offset: 0, len: n })?));
         tensors.insert("optim.v".into(), encode(&b.download(View { buf: &opt.v, offset: 0, len: n })?));
-        let meta: HashMap<String, String> = [
-            (META_KIND, KIND_PRETRAIN.to_string()),
-            (META_STEP, step.to_string()),
-            (META_OPT_STEP, opt.step.to_string()),
-            (META_SEED, cfg.seed.to_string()),
-            (META_LOADER_STEP, step.to_string()),
-            (META_CONFIG, cfg.to_toml()),
-            ("cim.version", env!("CARGO_PKG_VERSION").to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let meta: HashMap<String, String> = meta
+            .into_iter()
+            .chain([("cim.version", env!("CARGO_PKG_VERSION").to_string())])
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         let views: Vec<(String, &Flat)> = tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
         let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| io_err(&path, "cannot serialize", e))?;
         checkpoint::write_atomic(&path, &bytes)?;

@@ -19,6 +19,7 @@
 //!
 //! Both print the test top-1 last; every failure is a one-line error, never a panic.
 
+use super::pretrain::stop_flag;
 use crate::Cpu;
 use cim_core::data::{open_labeled, Dataset, Labeled, Source, Subset, FASHION_MNIST_DIR};
 use cim_core::eval::finetune::{self, FinetuneConfig, FinetuneOptions, FinetuneSummary, FtEvent};
@@ -27,8 +28,7 @@ use cim_core::train::RunDir;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// `cim eval` subcommands.
@@ -382,24 +382,6 @@ pub fn resolve_finetune(a: &FinetuneArgs) -> Result<(FinetuneConfig, RunDir), St
     c.validate().map_err(|e| e.to_string())?;
     let run = RunDir::new(a.run.clone().unwrap_or_else(|| PathBuf::from("runs/finetune")));
     Ok((c, run))
-}
-
-/// The flag a Ctrl-C handler sets (installed once per process).
-fn stop_flag() -> Arc<AtomicBool> {
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    FLAG.get_or_init(|| {
-        let f = Arc::new(AtomicBool::new(false));
-        let g = f.clone();
-        // Without a handler (another one is installed) Ctrl-C just ends the process.
-        let _ = ctrlc::set_handler(move || {
-            if g.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)");
-        });
-        f
-    })
-    .clone()
 }
 
 /// Run `cim eval finetune`.

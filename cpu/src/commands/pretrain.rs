@@ -126,8 +126,9 @@ fn train_tokenizer(b: &Cpu, cfg: &PretrainConfig, path: &Path, quiet: bool) -> R
     Ok(())
 }
 
-/// The flag a Ctrl-C handler sets (installed once per process).
-fn stop_flag() -> Arc<AtomicBool> {
+/// The flag a Ctrl-C handler sets (installed once per process; `cim pretrain` and
+/// `cim eval finetune` share it).
+pub(crate) fn stop_flag() -> Arc<AtomicBool> {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     FLAG.get_or_init(|| {
         let f = Arc::new(AtomicBool::new(false));
